@@ -1,0 +1,3 @@
+from fgcli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Training, evaluation and prediction loops for PyTorch models."""

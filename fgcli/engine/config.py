@@ -1,0 +1,110 @@
+"""Training configuration: typed defaults, per-method recipes, and command-line overrides.
+
+Precedence (lowest to highest): ``TrainConfig`` defaults, the recipe (``--recipe paper|small``,
+from ``fgcli/recipes/<method>.json``), then every option given explicitly on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from typing import Any
+
+from fgcli.errors import FgcliError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The CPU recipe of the demo and the tests: small images, a small backbone, from scratch.
+SMALL_RECIPE: dict[str, Any] = {
+    "backbone": "resnet18",
+    "pretrained": False,
+    "img_size": 128,
+    "resize_size": 146,
+    "epochs": 12,
+    "batch_size": 32,
+    "lr": 0.05,
+    "backbone_lr_scale": 1.0,  # from scratch: the backbone is as new as the head
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "warmup_epochs": 1,
+    "schedule": "cosine",
+}
+
+
+@dataclass
+class TrainConfig:
+    method: str = "baseline"
+    data: str = ""
+    out: str = "runs/train"
+    layout: str = "auto"
+    train_split: str = "train"
+    val_split: str = "test"
+    backbone: str | None = None  # None: the method's paper default
+    pretrained: bool = False
+    weights: str | None = None
+    img_size: int = 448
+    resize_size: int = 512
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 0.01
+    backbone_lr_scale: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    schedule: str = "cosine"  # cosine | step
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    workers: int = 4
+    device: str = "auto"
+    amp: bool = True  # only takes effect on CUDA
+    seed: int = 0
+    resume: bool = False
+    skip_bad: bool = False
+    recipe: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def validate(self) -> None:
+        if self.img_size % 32:
+            raise FgcliError(f"--img-size {self.img_size} is not divisible by 32", hint="use e.g. 224, 448 or 128")
+        if self.resize_size < self.img_size:
+            raise FgcliError(f"--resize-size {self.resize_size} is smaller than --img-size {self.img_size}")
+        if self.schedule not in ("cosine", "step"):
+            raise FgcliError(f"unknown schedule '{self.schedule}'", hint="use cosine or step")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise FgcliError("--epochs and --batch-size must be at least 1")
+
+
+def load_recipe(method: str, name: str) -> dict[str, Any]:
+    """The named recipe for ``method``: ``paper`` from its JSON file, ``small`` from it or the shared CPU recipe."""
+    path = resources.files("fgcli.recipes").joinpath(f"{method}.json")
+    recipes = json.loads(path.read_text()) if path.is_file() else {}
+    if name == "small":
+        return {**SMALL_RECIPE, **recipes.get("small", {})}
+    if name not in recipes:
+        available = sorted(k for k in recipes if k != "source") + ["small"]
+        raise FgcliError(f"method '{method}' has no recipe '{name}'", hint=f"available: {', '.join(available)}")
+    return dict(recipes[name])
+
+
+def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the recipe named in ``overrides['recipe']``, then the explicit overrides (None = not given)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values: dict[str, Any] = {}
+    if given.get("recipe"):
+        values.update(load_recipe(given.get("method", "baseline"), given["recipe"]))
+    values.update(given)
+    config = TrainConfig.from_dict(values)
+    config.validate()
+    return config

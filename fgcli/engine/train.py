@@ -1,0 +1,342 @@
+"""The training loop: readable first (torchvision reference style), exact to resume, DDP-ready.
+
+One epoch is fully determined by ``(seed, epoch, rank)``: the RNGs are reseeded at the start of
+every epoch and the sampler draws its order from the same seed. A run killed after epoch k and
+resumed from ``last.pt`` therefore ends with the same weights as a run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from fgcli.data import load_split
+from fgcli.data.preprocess import PreprocessConfig
+from fgcli.data.torch_dataset import ImageDataset, collate_with_bad
+from fgcli.data.transforms import eval_transform, train_transform
+from fgcli.engine import distributed as dist_utils
+from fgcli.engine.checkpoint import load_checkpoint, save_checkpoint
+from fgcli.engine.config import TrainConfig
+from fgcli.engine.metrics import ClassificationMetrics
+from fgcli.errors import DataError, FgcliError
+from fgcli.models import create_model
+from fgcli.utils import atomic_path
+
+#: callback(event, payload) used by the CLI to drive progress bars; the loop itself prints nothing
+ProgressHook = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_top1: float
+    last_top1: float
+    epochs_run: int
+    bad_images: list[str]
+    interrupted: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FgcliError(f"--device {name} asked for, but CUDA is not available", hint="use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return seed * 1_000_003 + epoch * 1_009 + rank
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine to zero or steps at ``milestones``; stepped every iteration."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "step":
+        epoch = step // steps_per_epoch
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    total = max(1, cfg.epochs * steps_per_epoch - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / total))
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule and data of one run; ``fit()`` runs it."""
+
+    def __init__(self, cfg: TrainConfig, hook: ProgressHook | None = None):
+        self.cfg = cfg
+        self.hook = hook or (lambda event, payload: None)
+        self.device = resolve_device(cfg.device)
+        self.dist = dist_utils.init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.out = Path(cfg.out)
+        self.preprocess = PreprocessConfig(cfg.img_size, cfg.resize_size, tuple(cfg.mean), tuple(cfg.std))
+        self.train_split = load_split(cfg.data, split=cfg.train_split, layout=cfg.layout)
+        self.val_split = load_split(cfg.data, split=cfg.val_split, layout=cfg.layout)
+        if self.train_split.class_names != self.val_split.class_names:
+            raise DataError(f"the {cfg.train_split} and {cfg.val_split} splits of {cfg.data} list different classes")
+        self.class_names = list(self.train_split.class_names)
+        seed_everything(cfg.seed)
+        self.model = create_model(
+            cfg.method, len(self.class_names), backbone=cfg.backbone,
+            pretrained=cfg.pretrained, weights=cfg.weights, **cfg.model_kwargs,
+        ).to(self.device)
+        self.backbone_name = self.model.backbone.name
+        self.optimizer = torch.optim.SGD(
+            self.model.param_groups(cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay),
+            lr=cfg.lr, momentum=cfg.momentum, nesterov=False,
+        )
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.train_loader = self._loader(self.train_split, train_transform(self.preprocess), shuffle=True)
+        self.val_loader = self._loader(self.val_split, eval_transform(self.preprocess), shuffle=False)
+        self.steps_per_epoch = len(self.train_loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, cfg)
+        )
+        self.start_epoch = 0
+        self.best_top1 = -1.0
+        self.bad_images: dict[str, str] = {}
+        self.ddp_model = self.model
+        if cfg.resume:
+            self._load_resume_state()
+        if self.dist.enabled:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+    # -- data -----------------------------------------------------------------
+    def _loader(self, split, transform, shuffle: bool) -> DataLoader:
+        dataset = ImageDataset(split, transform)
+        if self.dist.enabled:
+            sampler = DistributedSampler(
+                dataset, self.dist.world_size, self.dist.rank, shuffle=shuffle, seed=self.cfg.seed,
+                drop_last=shuffle,
+            )
+        elif shuffle:
+            sampler = RandomSampler(dataset, generator=torch.Generator())
+        else:
+            sampler = SequentialSampler(dataset)
+        # Training drops a ragged last batch (BatchNorm with a batch of 1 fails) unless that would drop everything.
+        drop_last = shuffle and len(dataset) // max(1, self.dist.world_size) >= self.cfg.batch_size
+        return DataLoader(
+            dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.workers,
+            collate_fn=collate_with_bad, drop_last=drop_last, pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def _set_epoch(self, epoch: int) -> None:
+        seed = epoch_seed(self.cfg.seed, epoch, self.dist.rank)
+        seed_everything(seed)
+        sampler = self.train_loader.sampler
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        elif isinstance(sampler, RandomSampler):
+            sampler.generator.manual_seed(seed)
+        # Worker seeds derive from the global RNG, just reseeded: augmentation is reproducible too.
+
+    def _check_bad(self, bad: list) -> None:
+        for sample in bad:
+            self.bad_images[sample.path] = sample.reason
+        if bad and not self.cfg.skip_bad:
+            first = bad[0]
+            raise DataError(
+                f"cannot read image {first.path}: {first.reason}",
+                hint="fix or remove the file (fgcli data check lists every bad file), or pass --skip-bad to train without it",
+            )
+
+    # -- checkpoints ----------------------------------------------------------
+    def _state(self, epoch_done: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "method": self.cfg.method,
+            "backbone": self.backbone_name,
+            "num_classes": len(self.class_names),
+            "class_names": self.class_names,
+            "model_kwargs": dict(self.cfg.model_kwargs),
+            "preprocess": self.preprocess.to_dict(),
+            "model": self.model.state_dict(),
+            "epoch": epoch_done,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": _python_rng_state()},
+            "best_top1": self.best_top1,
+            "train_config": {k: v for k, v in self.cfg.to_dict().items() if k != "resume"},
+            "metrics": metrics,
+            "bad_images": sorted(self.bad_images),
+        }
+
+    def _load_resume_state(self) -> None:
+        path = self.out / "last.pt"
+        if not path.is_file():
+            raise FgcliError(f"--resume given but {path} does not exist", hint="drop --resume to start a new run")
+        ckpt = load_checkpoint(path)
+        if ckpt["method"] != self.cfg.method or ckpt["class_names"] != self.class_names:
+            raise FgcliError(
+                f"{path} was trained with method '{ckpt['method']}' on other classes than {self.cfg.data}",
+                hint="resume with the same --method and --data, or choose another --out",
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        _restore_rng(ckpt["rng"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.best_top1 = float(ckpt.get("best_top1", -1.0))
+        self.bad_images.update({p: "skipped before resume" for p in ckpt.get("bad_images", [])})
+
+    # -- loop -----------------------------------------------------------------
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self._set_epoch(epoch)
+        sums: dict[str, float] = defaultdict(float)
+        seen = correct = 0
+        start = time.perf_counter()
+        self.hook("epoch_start", {"epoch": epoch, "steps": self.steps_per_epoch, "epochs": self.cfg.epochs})
+        for images, labels, _, bad in self.train_loader:
+            self._check_bad(bad)
+            if len(labels) < 2:  # everything in this batch was bad, or BatchNorm cannot train on one image
+                self.scheduler.step()
+                continue
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                outputs = self.ddp_model(images)
+                terms = self.model.loss(outputs, labels)
+            total = sum(terms.values())
+            if not torch.isfinite(total):
+                raise FgcliError(
+                    f"training diverged at epoch {epoch + 1}: loss is {total.item()} "
+                    f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())})",
+                    hint="lower --lr, or resume from last.pt with a smaller learning rate",
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+
+            n = len(labels)
+            seen += n
+            correct += int((outputs["logits"].argmax(1) == labels).sum())
+            sums["loss"] += total.item() * n
+            for name, value in terms.items():
+                sums[name] += value.item() * n
+            elapsed = time.perf_counter() - start
+            self.hook("step", {
+                "loss": sums["loss"] / seen, "acc": correct / seen,
+                "images_per_s": seen * self.dist.world_size / max(elapsed, 1e-9),
+                "lr": self.optimizer.param_groups[-1]["lr"],
+            })
+        stats = torch.tensor([float(seen), float(correct), *[sums[k] for k in sorted(sums)]], dtype=torch.float64)
+        dist_utils.all_reduce_sum(stats, self.dist)
+        seen_all = max(stats[0].item(), 1.0)
+        result = {f"train_{k}": stats[i + 2].item() / seen_all for i, k in enumerate(sorted(sums))}
+        result["train_acc"] = stats[1].item() / seen_all
+        result["images_per_s"] = stats[0].item() / max(time.perf_counter() - start, 1e-9)
+        return result
+
+    @torch.no_grad()
+    def validate(self) -> ClassificationMetrics:
+        self.model.eval()
+        metrics = ClassificationMetrics(len(self.class_names))
+        self.hook("eval_start", {"steps": len(self.val_loader)})
+        for images, labels, _, bad in self.val_loader:
+            self._check_bad(bad)
+            if len(labels) == 0:
+                continue
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                logits = self.model(images.to(self.device))
+            metrics.update(logits.float().cpu().numpy(), labels.numpy())
+            self.hook("eval_step", {})
+        return metrics
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            if not cfg.resume:
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        last_top1 = 0.0
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                epoch_start = time.perf_counter()
+                train_stats = self.train_one_epoch(epoch)
+                val = self.validate() if self.dist.is_main else None
+                if self.dist.is_main:
+                    last_top1 = val.top1()
+                    record = {
+                        "epoch": epoch + 1, "lr": self.optimizer.param_groups[-1]["lr"], **train_stats,
+                        "val_top1": last_top1, "val_top5": val.top5(),
+                        "epoch_time_s": time.perf_counter() - epoch_start,
+                    }
+                    self._append_metrics(record)
+                    is_best = last_top1 > self.best_top1
+                    self.best_top1 = max(self.best_top1, last_top1)
+                    state = self._state(epoch + 1, record)
+                    save_checkpoint(self.out / "last.pt", state)
+                    if is_best:
+                        save_checkpoint(self.out / "best.pt", state)
+                    self.hook("epoch_end", record)
+                dist_utils.barrier(self.dist)
+        except KeyboardInterrupt:
+            if self.dist.is_main:
+                save_checkpoint(self.out / "interrupted.pt", self._state(epoch, {"interrupted_in_epoch": epoch + 1}))
+                self.hook("interrupted", {"epoch": epoch + 1, "out": str(self.out)})
+            return TrainResult(self.out, self.best_top1, last_top1, epoch - self.start_epoch, sorted(self.bad_images), True)
+        finally:
+            dist_utils.cleanup(self.dist)
+        return TrainResult(
+            self.out, self.best_top1, last_top1, cfg.epochs - self.start_epoch, sorted(self.bad_images)
+        )
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one line; rewritten atomically so a killed run never leaves half a line."""
+        path = self.out / "metrics.jsonl"
+        previous = path.read_text() if path.exists() else ""
+        lines = [ln for ln in previous.splitlines() if ln and json.loads(ln)["epoch"] < record["epoch"]]
+        lines.append(json.dumps(record))
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+
+
+def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
+    """Train ``cfg.method`` on ``cfg.data``; writes RUN/last.pt, RUN/best.pt and RUN/metrics.jsonl."""
+    return Trainer(cfg, hook).fit()
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+
+
+def _numpy_rng_state() -> list:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _python_rng_state() -> list:
+    version, state, gauss = random.getstate()
+    return [version, list(state), gauss]

@@ -1,0 +1,35 @@
+"""User-facing errors: each says what went wrong, where, and what to do about it."""
+
+from __future__ import annotations
+
+
+class FgcliError(Exception):
+    """An error the CLI prints without a traceback.
+
+    ``hint`` tells the user how to fix it; the CLI prints it on its own line.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class DataError(FgcliError):
+    """A dataset file is missing, malformed or unreadable."""
+
+
+class MissingDependencyError(FgcliError):
+    """An optional package is needed for this command."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the Python package '{package}', which is not installed.",
+            hint=f"pip install 'fgcli[{extra}]'  (or: pip install {package})",
+        )
+        self.package = package
