@@ -1,0 +1,62 @@
+"""Stanford Cars, devkit layout: ``devkit/cars_meta.mat``, ``devkit/cars_train_annos.mat``,
+``cars_test_annos_withlabels.mat``, ``cars_train/``, ``cars_test/`` (as torchvision's StanfordCars reads it).
+
+The common re-packaged layout (``car_data/car_data/{train,test}/<class>/``) is a class-folder tree:
+point ``--data`` at its inner ``car_data`` folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fgcli.data.index import DatasetSplit, Sample
+from fgcli.errors import DataError
+from fgcli.utils import optional_import
+
+ANNOTATIONS = {"train": ("devkit/cars_train_annos.mat", "cars_train"),
+               "test": ("cars_test_annos_withlabels.mat", "cars_test")}
+
+
+def find_cars_root(root: str | Path) -> Path | None:
+    root = Path(root)
+    for candidate in (root, root / "stanford_cars"):
+        if (candidate / "devkit" / "cars_meta.mat").is_file():
+            return candidate
+    return None
+
+
+def _loadmat(path: Path) -> dict:
+    scipy_io = optional_import("scipy.io", "torch", "Reading the Stanford Cars .mat annotations")
+    if not path.is_file():
+        raise DataError(f"missing annotation file {path}",
+                        hint="restore it from the Stanford Cars devkit (car_devkit.tgz; test labels: "
+                             "cars_test_annos_withlabels.mat)")
+    try:
+        return scipy_io.loadmat(str(path), squeeze_me=True)
+    except Exception as exc:
+        raise DataError(f"cannot read {path}: {exc}", hint="the .mat file is damaged; download it again") from exc
+
+
+def load_cars(root: str | Path, split: str = "train") -> DatasetSplit:
+    if split not in ANNOTATIONS:
+        raise DataError(f"Stanford Cars has no split '{split}'", hint="use --split train or --split test")
+    base = find_cars_root(root)
+    if base is None:
+        raise DataError(f"{root} has no devkit/cars_meta.mat", hint="point --data at the Stanford Cars folder")
+    class_names = [str(name) for name in _loadmat(base / "devkit" / "cars_meta.mat")["class_names"].tolist()]
+    annotation_file, image_dir = ANNOTATIONS[split]
+    annotations = _loadmat(base / annotation_file).get("annotations")
+    if annotations is None:
+        raise DataError(f"{base / annotation_file} has no 'annotations' variable")
+    samples = []
+    for number, record in enumerate(annotations.ravel().tolist() if annotations.ndim else [annotations.item()], 1):
+        fields = dict(zip(annotations.dtype.names, record))
+        label = int(fields["class"])
+        if not 1 <= label <= len(class_names):
+            raise DataError(f"{base / annotation_file}: annotation {number} ({fields['fname']}) has class {label}, "
+                            f"outside 1..{len(class_names)} (cars_meta.mat)", hint="fix the annotation file")
+        box = tuple(float(fields[k]) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+        x1, y1, x2, y2 = box
+        samples.append(Sample(str(base / image_dir / str(fields["fname"])), label - 1,
+                              box=(x1, y1, x2 - x1, y2 - y1)))
+    return DatasetSplit(base, "cars", split, class_names, samples)

@@ -1,0 +1,54 @@
+"""Evaluation preprocessing in numpy + PIL, identical to the torchvision eval transform (no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    img_size: int = 448
+    resize_size: int = 512
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["mean"], values["std"] = list(self.mean), list(self.std)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PreprocessConfig":
+        return cls(int(values["img_size"]), int(values["resize_size"]),
+                   tuple(float(v) for v in values["mean"]), tuple(float(v) for v in values["std"]))
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """torchvision ``Resize(int)``: the shorter side becomes ``shorter``, the other keeps the aspect (truncated)."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """torchvision ``CenterCrop``'s box (left, top, right, bottom) for an image at least ``size`` wide and high."""
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return left, top, left + size, top + size
+
+
+def preprocess_eval(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """Resize shorter side (bilinear), center crop, scale to [0, 1], normalise: ``(3, S, S)`` float32."""
+    width, height = resized_size(*img.size, cfg.resize_size)
+    img = img.resize((width, height), Image.BILINEAR)
+    img = img.crop(center_crop_box(width, height, cfg.img_size))
+    array = np.asarray(img, dtype=np.float32) / 255.0
+    array = (array - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))

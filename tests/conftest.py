@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny datasets written on the fly (no downloads) and a trained tiny checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY_CLASSES = ("alpha", "beta", "gamma")
+
+
+def write_tiny_folder_dataset(root: Path, per_split: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """``root/{train,test}/<class>/*.png``: noise images whose mean colour tells the class apart."""
+    per_split = per_split or {"train": 8, "test": 4}
+    rng = np.random.default_rng(seed)
+    for split, count in per_split.items():
+        for label, name in enumerate(TINY_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                h, w = rng.integers(36, 56, size=2)
+                pixels = rng.integers(0, 90, size=(h, w, 3))
+                pixels[..., label] += 150
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return write_tiny_folder_dataset(tmp_path_factory.mktemp("tiny_dataset"))
+
+
+def tiny_train_config(data: Path, out: Path, **overrides):
+    from fgcli.engine.config import TrainConfig
+
+    values = dict(
+        method="baseline", data=str(data), out=str(out), backbone="resnet18", img_size=32, resize_size=36,
+        epochs=2, batch_size=8, lr=0.05, backbone_lr_scale=1.0, warmup_epochs=1, workers=0, device="cpu", seed=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
+    """A baseline trained for 2 epochs on the tiny dataset: RUN/best.pt."""
+    from fgcli.engine.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(tiny_train_config(tiny_dataset, out))
+    return out / "best.pt"
