@@ -1,0 +1,98 @@
+"""INT8 post-training quantization: calibration set, modelopt ONNX PTQ, ONNX Runtime static INT8, TRT calibrator.
+
+Nothing heavy is imported here: ``onnx``, ``onnxruntime`` and ``modelopt`` load inside the functions that
+need them, so ``fgcli calib`` works with the base install. This module holds what both quantizers share:
+the result record, which nodes ended up quantized, and carrying the fgcli metadata over.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fgcli.errors import FgcliError
+from fgcli.utils import atomic_path
+
+if TYPE_CHECKING:
+    from fgcli.calibration.dataset import CalibrationSet
+
+PRECISION_KEY = "fgcli.precision"
+QDQ_OP_TYPES = {"QuantizeLinear", "DequantizeLinear"}
+
+
+@dataclass
+class QuantResult:
+    output_path: Path
+    quantizer: str  # "modelopt" or "onnxruntime"
+    calib_method: str
+    quantized_counts: dict[str, int]  # op type -> number of quantized nodes
+    quantized_nodes: list[str]
+    calibration_images: int
+    calibration_seconds: float
+    extra: dict[str, object] = field(default_factory=dict)  # quantizer-specific settings, for the report
+
+    @property
+    def num_quantized(self) -> int:
+        return len(self.quantized_nodes)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["output_path"] = str(self.output_path)
+        return values
+
+
+def quantized_nodes(model) -> tuple[dict[str, int], list[str]]:
+    """Which compute nodes of a Q/DQ ONNX ``ModelProto`` run quantized (fed by a DequantizeLinear):
+    counts by op type, and their names."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    names, counts = [], Counter()
+    for node in model.graph.node:
+        if node.op_type not in QDQ_OP_TYPES and any(name in dequantized for name in node.input):
+            names.append(node.name or f"{node.op_type}#{len(names)}")
+            counts[node.op_type] += 1
+    return dict(sorted(counts.items())), names
+
+
+def calibration_input(model, onnx_path: Path, calib: CalibrationSet | str | Path) -> tuple[str, CalibrationSet]:
+    """The model's input name and the calibration set (loaded when ``calib`` is a calib.npz path), checked
+    to match the input's (3, S, S)."""
+    from fgcli.calibration.dataset import CalibrationSet, load_calibration_set
+
+    calib = calib if isinstance(calib, CalibrationSet) else load_calibration_set(calib)
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise FgcliError(f"{onnx_path} has {len(inputs)} inputs; INT8 calibration expects one image input",
+                         hint="export the model with `fgcli export`")
+    dims = [dim.dim_value or None for dim in inputs[0].type.tensor_type.shape.dim]
+    expected = tuple(calib.images.shape[1:])
+    if len(dims) != 4 or any(d is not None and d != e for d, e in zip(dims[1:], expected)):
+        raise FgcliError(f"{onnx_path} takes input {inputs[0].name} of shape {dims}, the calibration images are "
+                         f"(N, {', '.join(map(str, expected))})",
+                         hint="rebuild calib.npz with the image size the model was exported at (--img-size)")
+    return inputs[0].name, calib
+
+
+def save_with_metadata(model, source_model, out_path: str | Path) -> Path:
+    """Save ``model`` atomically with ``source_model``'s metadata_props, marking ``fgcli.precision`` int8.
+
+    Quantizers rebuild the graph and drop metadata; without it the runtime cannot find the preprocessing
+    and class names.
+    """
+    metadata = {prop.key: prop.value for prop in source_model.metadata_props}
+    metadata[PRECISION_KEY] = "int8"
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    import onnx
+
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(out_path)
+
+
+__all__ = ["QuantResult", "quantized_nodes", "save_with_metadata", "calibration_input",
+           "PRECISION_KEY"]

@@ -1,0 +1,93 @@
+"""Explicit INT8 (Q/DQ) ONNX for TensorRT with NVIDIA modelopt's ONNX post-training quantization.
+
+TensorRT 10+ builds INT8 engines from Q/DQ ONNX models (the implicit calibrator API is deprecated and gone
+in TensorRT 11), and modelopt places Q/DQ where TensorRT can fuse them (conv + residual add, pooling).
+Calibration runs on ONNX Runtime, on CPU by default, so no GPU is needed to produce the model.
+
+modelopt 0.47 specifics handled here: it rewrites the input model in place and writes intermediate
+models (``*_opset19.onnx``, ``*_named.onnx``) beside the output, so it works on a copy in a temporary
+folder; it drops metadata_props; its default ``high_precision_dtype`` is fp16, which fgcli only uses
+when asked.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from fgcli.calibration import QuantResult, calibration_input, quantized_nodes, save_with_metadata
+from fgcli.calibration.dataset import CalibrationSet
+from fgcli.errors import FgcliError
+from fgcli.export.onnx import load_onnx
+from fgcli.utils import optional_import
+
+# modelopt 0.47 INT8: "entropy" selects ORT's entropy calibrator, anything else MinMax, which with its
+# symmetric activation ranges is max calibration (modelopt/onnx/quantization/int8.py).
+CALIB_METHODS = ("max", "entropy")
+DEVICES = ("cpu", "cuda")
+PURPOSE = "INT8 quantization with NVIDIA modelopt"
+
+
+def calibration_providers(device: str) -> list[str]:
+    """modelopt's ``calibration_eps`` for ``device``; CUDA needs the onnxruntime-gpu build."""
+    if device == "cpu":
+        return ["cpu"]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise FgcliError("calibration on CUDA needs onnxruntime with the CUDA execution provider, "
+                         f"and this onnxruntime offers {', '.join(onnxruntime.get_available_providers())}",
+                         hint="calibrate on CPU (the default), or pip uninstall onnxruntime, then "
+                              "pip install onnxruntime-gpu")
+    return ["cuda:0", "cpu"]  # CPU runs whatever the CUDA EP does not implement
+
+
+def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path, out_path: str | Path,
+                      calib_method: str = "max", fp16: bool = False, device: str = "cpu",
+                      batch_size: int = 16) -> QuantResult:
+    """Write a Q/DQ INT8 copy of ``onnx_path`` to ``out_path``, calibrated on ``calib`` (a set or calib.npz).
+
+    Layers left unquantized stay FP32 unless ``fp16``; inputs and outputs stay float32 either way. The
+    fgcli metadata is carried over with ``fgcli.precision`` set to int8.
+    """
+    if calib_method not in CALIB_METHODS:
+        raise FgcliError(f"unknown INT8 calibration method '{calib_method}' for modelopt",
+                         hint=f"use one of: {', '.join(CALIB_METHODS)}")
+    if device not in DEVICES:
+        raise FgcliError(f"unknown calibration device '{device}'", hint=f"use one of: {', '.join(DEVICES)}")
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    source = load_onnx(onnx_path)
+    input_name, calib = calibration_input(source, onnx_path, calib)
+    quantization = optional_import("modelopt.onnx.quantization", "quant", PURPOSE)
+    providers = calibration_providers(device)
+    high_precision = "fp16" if fp16 else "fp32"
+    batch = max(1, min(batch_size, len(calib)))
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="fgcli-modelopt-") as work:
+        work_input, work_output = Path(work) / "model.onnx", Path(work) / "model.int8.onnx"
+        shutil.copyfile(onnx_path, work_input)
+        start = time.perf_counter()
+        try:
+            quantization.quantize(
+                str(work_input), quantize_mode="int8", calibration_data={input_name: calib.images},
+                calibration_method=calib_method,
+                calibration_shapes=f"{input_name}:{batch}x{'x'.join(map(str, calib.images.shape[1:]))}",
+                calibration_eps=providers, high_precision_dtype=high_precision,
+                output_path=str(work_output), log_level="WARNING")
+        except Exception as exc:
+            raise FgcliError(f"modelopt could not quantize {onnx_path}: {type(exc).__name__}: {exc}",
+                             hint="check that the model exports and runs in onnxruntime "
+                                  "(`fgcli export` runs a parity check)") from exc
+        seconds = time.perf_counter() - start
+        quantized = onnx.load(str(work_output))
+    counts, names = quantized_nodes(quantized)
+    if not names:
+        raise FgcliError(f"modelopt quantized no node of {onnx_path}",
+                         hint="the model has no Conv / Gemm / MatMul modelopt can quantize")
+    save_with_metadata(quantized, source, out_path)
+    return QuantResult(out_path, "modelopt", calib_method, counts, names, len(calib), seconds,
+                       extra={"high_precision_dtype": high_precision, "calibration_eps": providers,
+                              "calibration_batch": batch})
