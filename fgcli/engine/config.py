@@ -7,6 +7,7 @@ from ``fgcli/recipes/<method>.json``), then every option given explicitly on the
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from typing import Any
@@ -20,11 +21,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_RECIPE: dict[str, Any] = {
     "backbone": "resnet18",
     "pretrained": False,
-    "img_size": 128,
-    "resize_size": 146,
-    "epochs": 12,
+    "img_size": 96,
+    "resize_size": 110,
+    "epochs": 15,
     "batch_size": 32,
-    "lr": 0.05,
+    "lr": 0.02,
     "backbone_lr_scale": 1.0,  # from scratch: the backbone is as new as the head
     "momentum": 0.9,
     "weight_decay": 5e-4,
@@ -58,7 +59,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | step
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
-    workers: int = 4
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     device: str = "auto"
     amp: bool = True  # only takes effect on CUDA
     seed: int = 0

@@ -1,0 +1,489 @@
+"""The fgcli command line: parses options, calls library functions, prints with rich.
+
+Heavy imports (torch, onnxruntime) happen inside the commands, so `fgcli predict model.onnx`
+runs on a device without PyTorch and `fgcli --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fgcli.errors import FgcliError
+
+app = typer.Typer(
+    help="Fine-grained visual classification: train, evaluate, export, quantize and deploy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Dataset tools: generate the synthetic dataset, check a dataset.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def main() -> None:
+    """Console-script entry point: FgcliError becomes a clear message and exit code, not a traceback."""
+    try:
+        app(standalone_mode=False)
+    except FgcliError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+@contextmanager
+def _task(description: str, total: int | None) -> Iterator:
+    """A one-bar progress display; yields ``advance(n)``."""
+    with _progress() as progress:
+        task = progress.add_task(description, total=total, info="")
+        yield lambda n=1: progress.advance(task, n)
+
+
+# --------------------------------------------------------------------------- data
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Argument(..., help="Folder to write the dataset to (CUB-200-2011 layout)."),
+    classes: int = typer.Option(10, "--classes", min=2, help="Number of classes."),
+    per_class: int = typer.Option(40, "--per-class", min=2, help="Images per class (train + test)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same bytes."),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", min=0.05, max=0.95, help="Share of each class held out for test."),
+) -> None:
+    """Write a synthetic fine-grained dataset: one object shape, classes differ only in small part details."""
+    from fgcli.data.synth import generate_synthetic
+
+    with _task("generating", classes * per_class) as advance:
+        summary = generate_synthetic(out, num_classes=classes, per_class=per_class, seed=seed,
+                                     test_fraction=test_fraction, progress=advance)
+    console.print(f"wrote {summary.num_images} images of {summary.num_classes} classes to [bold]{out}[/] "
+                  f"({summary.num_train} train / {summary.num_test} test)")
+
+
+@data_app.command("check")
+def data_check(
+    root: Path = typer.Argument(..., help="Dataset folder."),
+    layout: str = typer.Option("auto", "--dataset", help="auto, cub, cars, aircraft or folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Count images per class and split; find unreadable, truncated, duplicate and tiny images.
+
+    Exits with code 1 when it finds errors (unreadable or truncated files, missing annotations).
+    """
+    from fgcli.data.check import check_dataset
+
+    with _task("checking", None) as advance:
+        report = check_dataset(root, layout=layout, progress=advance)
+    if json_out:
+        console.print_json(json.dumps(report.to_dict()))
+    else:
+        _print_check_report(report)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def _print_check_report(report) -> None:
+    console.print(report.summary)
+    table = Table(title="images per class")
+    table.add_column("class")
+    splits = sorted({split for counts in report.counts.values() for split in counts})
+    for split in splits:
+        table.add_column(split, justify="right")
+    for name, counts in report.counts.items():
+        table.add_row(name, *[str(counts.get(split, 0)) for split in splits])
+    console.print(table)
+    for level, items, style in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
+        for item in items:
+            console.print(f"[{style}]{level}:[/] {item}", highlight=False)
+    console.print(f"{len(report.errors)} errors, {len(report.warnings)} warnings")
+
+
+# --------------------------------------------------------------------------- train
+@app.command()
+def train(
+    method: str = typer.Option("baseline", "--method", "-m", help="Registry name: fgcli models lists them."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder (CUB, Stanford Cars, FGVC-Aircraft or class folders)."),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: last.pt, best.pt, metrics.jsonl."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="paper (the paper's settings) or small (CPU demo)."),
+    dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18, resnet34, resnet50, resnet101."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from torchvision's ImageNet weights (downloads)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local torchvision ResNet state dict (offline alternative to --pretrained)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Crop size (divisible by 32). Default 448."),
+    resize_size: Optional[int] = typer.Option(None, "--resize-size", help="Shorter side before cropping. Default 512."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per process."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the new layers."),
+    backbone_lr_scale: Optional[float] = typer.Option(None, "--backbone-lr-scale", help="Backbone lr = lr x this (default 0.1)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine or step."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA (default on)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue exactly where OUT/last.pt stopped."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (and list them) instead of stopping."),
+) -> None:
+    """Train a method. Multi-GPU / multi-node: torchrun --nproc_per_node N -m fgcli train ..."""
+    from fgcli.engine.config import resolve_config
+
+    cfg = resolve_config({
+        "method": method, "data": str(data), "out": str(out), "recipe": recipe, "layout": dataset,
+        "backbone": backbone, "pretrained": pretrained, "weights": str(weights) if weights else None,
+        "img_size": img_size, "resize_size": resize_size, "epochs": epochs, "batch_size": batch_size,
+        "lr": lr, "backbone_lr_scale": backbone_lr_scale, "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs, "schedule": schedule, "workers": workers, "device": device,
+        "amp": amp, "seed": seed, "resume": resume or None, "skip_bad": skip_bad or None,
+    })
+    run_training(cfg)
+
+
+def run_training(cfg):
+    """Train with a rich progress display on rank 0; returns the TrainResult."""
+    import os
+
+    from fgcli.engine.train import train as train_loop
+
+    is_main = os.environ.get("RANK", "0") == "0"
+    if is_main and not cfg.pretrained and not cfg.weights:
+        err_console.print("[yellow]note:[/] training from scratch; FGVC methods expect ImageNet weights "
+                          "(--pretrained, or --weights FILE offline)")
+    hook = _TrainDisplay() if is_main else None
+    try:
+        result = train_loop(cfg, hook)
+    finally:
+        if hook:
+            hook.close()
+    if is_main:
+        if result.bad_images:
+            console.print(f"[yellow]skipped {len(result.bad_images)} unreadable images:[/]")
+            for path in result.bad_images:
+                console.print(f"  {path}", highlight=False)
+        if result.interrupted:
+            console.print(f"interrupted: weights so far in {result.out_dir / 'interrupted.pt'}; "
+                          f"--resume continues from {result.out_dir / 'last.pt'}")
+        else:
+            console.print(f"best top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}: "
+                          f"[bold]{result.out_dir / 'best.pt'}[/]")
+    return result
+
+
+class _TrainDisplay:
+    """Turns training-loop events into a rich progress bar and one summary line per epoch."""
+
+    def __init__(self):
+        self.progress = _progress()
+        self.progress.start()
+        self.task = None
+
+    def __call__(self, event: str, payload: dict) -> None:
+        if event == "epoch_start":
+            self._reset(f"epoch {payload['epoch'] + 1}/{payload['epochs']}", payload["steps"])
+        elif event == "step":
+            info = (f"loss {payload['loss']:.3f} acc {payload['acc']:.3f} "
+                    f"{payload['images_per_s']:.0f} img/s lr {payload['lr']:.2g}")
+            self.progress.update(self.task, advance=1, info=info)
+        elif event == "eval_start":
+            self._reset("validating", payload["steps"])
+        elif event == "eval_step":
+            self.progress.advance(self.task)
+        elif event == "epoch_end":
+            terms = " ".join(f"{k[6:]}={v:.3f}" for k, v in payload.items()
+                             if k.startswith("train_") and k not in ("train_loss", "train_acc"))
+            self.progress.console.print(
+                f"epoch {payload['epoch']}: loss {payload['train_loss']:.3f} ({terms}) "
+                f"train acc {payload['train_acc']:.3f} val top-1 {payload['val_top1']:.3f} "
+                f"top-5 {payload['val_top5']:.3f} ({payload['images_per_s']:.0f} img/s)", highlight=False)
+
+    def _reset(self, description: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(description, total=total, info="")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+# --------------------------------------------------------------------------- eval / predict
+@app.command("eval")
+def evaluate(
+    model: Path = typer.Argument(..., help="A .pt checkpoint, .onnx model or .engine file."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    split: str = typer.Option("test", "--split", help="train, test (val, trainval for Aircraft)."),
+    dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON object (top1, top5, per-class, confusion)."),
+) -> None:
+    """Top-1, top-5, per-class accuracy and confusion matrix of a model on a dataset split."""
+    from fgcli.data import load_split
+    from fgcli.engine.evaluate import evaluate_runner
+    from fgcli.runtime import open_runner
+
+    with open_runner(str(model), device=device) as runner:
+        data_split = load_split(str(data), split=split, layout=dataset)
+        if json_out:
+            result = evaluate_runner(runner, data_split, batch_size=batch_size, model_name=str(model))
+        else:
+            with _task(f"evaluating {model.name}", len(data_split.samples)) as advance:
+                result = evaluate_runner(runner, data_split, batch_size=batch_size, progress=advance,
+                                         model_name=str(model))
+    if json_out:
+        print(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"{model.name} on {data} ({split}, {result.count} images, {result.runner})")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for name, acc in zip(result.class_names, result.per_class):
+        table.add_row(name, "-" if acc != acc else f"{acc:.3f}")
+    console.print(table)
+    for path, reason in result.bad_images.items():
+        console.print(f"[yellow]unreadable:[/] {reason}", highlight=False)
+    console.print(f"top-1 [bold]{result.top1:.4f}[/]  top-5 [bold]{result.top5:.4f}[/]")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="A .pt checkpoint, .onnx model or .engine file."),
+    folder: Path = typer.Argument(..., help="Folder of images (searched recursively) or one image."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV: path, top-k classes and probabilities, error."),
+    topk: int = typer.Option(5, "--topk", min=1),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Also print the predictions as JSON on stdout."),
+) -> None:
+    """Classify every image under FOLDER; unreadable files are listed, never fatal."""
+    from fgcli.engine.predict import find_images, predict_paths, predictions_json, write_predictions_csv
+    from fgcli.runtime import open_runner
+
+    paths = find_images(folder)
+    if not paths:
+        raise FgcliError(f"no images found under {folder}", hint="supported: .jpg .jpeg .png .bmp .gif .tif .webp")
+    with open_runner(str(model), device=device) as runner:
+        if json_out:
+            predictions = predict_paths(runner, paths, topk=topk, batch_size=batch_size)
+        else:
+            with _task(f"predicting ({runner.name})", len(paths)) as advance:
+                predictions = predict_paths(runner, paths, topk=topk, batch_size=batch_size, progress=advance)
+        k = min(topk, len(runner.class_names))
+    write_predictions_csv(out, predictions, k)
+    failed = [p for p in predictions if p.error]
+    if json_out:
+        print(predictions_json(predictions))
+    else:
+        console.print(f"{len(predictions) - len(failed)} images classified, {len(failed)} unreadable: [bold]{out}[/]")
+        for p in failed:
+            console.print(f"[yellow]unreadable:[/] {p.error}", highlight=False)
+
+
+def _parse_batch(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise FgcliError(f"--batch '{text}' is not MIN,OPT,MAX", hint="e.g. --batch 1,8,32 (1 <= MIN <= OPT <= MAX)")
+    return values
+
+
+# --------------------------------------------------------------------------- deployment
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A .pt checkpoint written by fgcli train."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: RUN/export beside the checkpoint)."),
+    onnx: bool = typer.Option(True, "--onnx", help="Write DIR/model.onnx (always done: every other format derives from it)."),
+    opset: int = typer.Option(17, "--opset", min=17, help="ONNX opset (>= 17)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size (default: the checkpoint's)."),
+    batch: str = typer.Option("1,8,32", "--batch", help="TensorRT optimization profile MIN,OPT,MAX."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (strongly typed TensorRT builds)."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 post-training quantization (needs --calib-data)."),
+    int8_backend: str = typer.Option("modelopt", "--int8-backend",
+                                     help="modelopt (Q/DQ for TensorRT), ort (ONNX Runtime INT8 for CPU / ARM), or both."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Dataset whose train split calibrates INT8."),
+    calib_size: int = typer.Option(512, "--calib-size", min=1, help="Calibration images (class-balanced; warns below 300)."),
+    calib_method: str = typer.Option("max", "--calib-method", help="max or entropy (ORT also: percentile)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose test images check ONNX parity (default: --calib-data, else generated)."),
+    trt: bool = typer.Option(False, "--trt", help="Build a TensorRT engine (needs TensorRT on this machine)."),
+    workspace: float = typer.Option(4.0, "--workspace", help="TensorRT workspace limit, GiB."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Build for a Jetson DLA core, with GPU fallback."),
+    device: str = typer.Option("cpu", "--device", help="Where modelopt calibrates: cpu or cuda."),
+) -> None:
+    """Export a checkpoint: ONNX (checked against PyTorch), FP16, INT8, TensorRT engine."""
+    from fgcli.export.pipeline import ExportOptions, export_all
+
+    options = ExportOptions(
+        out_dir=out or checkpoint.parent / "export", opset=opset, img_size=img_size, batch=_parse_batch(batch),
+        fp16=fp16, int8=int8, int8_backend=int8_backend, calib_data=str(calib_data) if calib_data else None,
+        calib_size=calib_size, calib_method=calib_method, check_data=str(data) if data else None, trt=trt,
+        workspace_gib=workspace, dla_core=dla_core, device=device,
+    )
+    with console.status("exporting") as status:
+        summary = export_all(checkpoint, options, step=lambda message: status.update(message))
+    _print_export_summary(summary)
+
+
+def _print_export_summary(summary) -> None:
+    table = Table(title=f"artifacts in {summary.out_dir}")
+    for column in ("artifact", "file", "check"):
+        table.add_column(column)
+    for key, info in summary.artifacts.items():
+        path = info.get("path") or info.get("output_path")
+        if "max_abs_diff" in info:
+            check = f"max |diff| {info['max_abs_diff']:.2e}, top-1 agreement {info['top1_agreement']:.3f} on {info['n_images']} images"
+        elif "quantized_counts" in info:
+            counts = ", ".join(f"{n} {op}" for op, n in sorted(info["quantized_counts"].items()))
+            check = f"{info['calibration_images']} calibration images ({info['calib_method']}); quantized: {counts}"
+        elif "images" in info:
+            check = f"{info['images']} images"
+        else:
+            check = f"{info.get('build_path', '')} {info.get('tensorrt', '')}"
+        table.add_row(key, Path(path).name if path else "-", check)
+    console.print(table)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+@app.command()
+def build(
+    onnx_model: Path = typer.Argument(..., help="An ONNX exported by fgcli export (copy it to the target first)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Engine path (default: model.<precision>.engine beside the ONNX)."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 from an FP32 ONNX (builder flag; TensorRT < 11)."),
+    int8: bool = typer.Option(False, "--int8", help="INT8: from a Q/DQ ONNX, or an FP32 ONNX with --calib-data / --calib-cache (TensorRT < 11)."),
+    batch: str = typer.Option("1,8,32", "--batch", help="Optimization profile MIN,OPT,MAX."),
+    workspace: float = typer.Option(4.0, "--workspace", help="Workspace limit, GiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, reused across builds."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Jetson DLA core (fp16 / int8), with GPU fallback."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="calib.npz for the legacy INT8 calibrator."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache written by an earlier build (no images needed)."),
+    verbose: bool = typer.Option(False, "--verbose", help="TensorRT's verbose builder log."),
+) -> None:
+    """Build a TensorRT engine on the target (Jetson flow: export on a workstation, build on the device)."""
+    from fgcli.export.tensorrt import build_engine
+
+    if fp16 and int8:
+        raise FgcliError("choose one of --fp16 and --int8")
+    precision = "int8" if int8 else "fp16" if fp16 else None
+    with console.status(f"building a TensorRT engine from {onnx_model.name} (minutes on a Jetson)"):
+        info = build_engine(onnx_model, out_path=out, precision=precision, batch=_parse_batch(batch),
+                            workspace_gib=workspace, timing_cache=timing_cache, dla_core=dla_core,
+                            calib_cache=calib_cache, calib_data=calib_data, verbose=verbose)
+    console.print(f"{info.precision} engine ({info.build_path}, TensorRT {info.tensorrt_version}, "
+                  f"{info.build_seconds:.0f} s): [bold]{info.engine_path}[/] + {info.sidecar_path.name}")
+
+
+@app.command()
+def calib(
+    model: Path = typer.Argument(..., help="The ONNX (or .pt) whose preprocessing the images get."),
+    data: Path = typer.Option(..., "--data", help="Dataset; its --split is sampled class-balanced."),
+    out: Path = typer.Option(Path("calib.npz"), "--out"),
+    size: int = typer.Option(512, "--size", min=1, help="Images (warns below 300)."),
+    split: str = typer.Option("train", "--split"),
+    seed: int = typer.Option(0, "--seed", min=0),
+) -> None:
+    """Write the INT8 calibration set calib.npz (for fgcli build --int8 --calib-data on the target)."""
+    from fgcli.calibration.dataset import build_calibration_set
+    from fgcli.runtime import open_runner
+
+    with open_runner(str(model), device="cpu") as runner:
+        preprocess = runner.preprocess
+    with _progress() as progress:
+        task = progress.add_task("preprocessing", total=size, info="")
+        calibration = build_calibration_set(data, preprocess, size=size, seed=seed, split=split,
+                                            progress=lambda done, total: progress.update(task, completed=done, total=total))
+    path = calibration.save(out)
+    for note in calibration.warnings:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    console.print(f"{len(calibration)} images: [bold]{path}[/]")
+
+
+@app.command()
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """What this machine offers for deployment: Python, torch / CUDA, ONNX Runtime, modelopt, TensorRT, GPU, Jetson, DLA."""
+    from fgcli.runtime.doctor import collect_environment, environment_table
+
+    env = collect_environment()
+    if json_out:
+        print(json.dumps(env, indent=2))
+    else:
+        console.print(environment_table(env))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("fgcli-demo"), "--out", help="Where the dataset, runs and exports go."),
+    method: str = typer.Option("baseline", "--method", "-m", help="A registry name, or 'all' for the six."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the small recipe's."),
+    seed: int = typer.Option(0, "--seed", min=0),
+) -> None:
+    """The whole pipeline on the synthetic dataset: generate, train, evaluate, export, quantize, compare."""
+    from fgcli.demo import DEMO_CLASSES, DEMO_PER_CLASS, demo_config, ensure_synthetic, export_and_evaluate
+    from fgcli.models import list_models
+
+    methods = list_models() if method == "all" else [method]
+    data = out / "data"
+    with _task("synthetic dataset", DEMO_CLASSES * DEMO_PER_CLASS) as advance:
+        ensure_synthetic(data, DEMO_CLASSES, DEMO_PER_CLASS, progress=advance)
+    results = []
+    for name in methods:
+        console.rule(f"[bold]{name}")
+        cfg = demo_config(name, data, out, epochs=epochs, seed=seed)
+        run_training(cfg)
+        with console.status("exporting") as status:
+            results.append(export_and_evaluate(Path(cfg.out), data, step=status.update))
+    table = Table(title=f"test split of {data} ({DEMO_CLASSES} classes)")
+    for column in ("method", "variant", "runner", "top-1", "top-5", "agreement with fp32"):
+        table.add_column(column)
+    for result in results:
+        for v in result.variants:
+            table.add_row(result.method, v.name, v.runner, f"{v.top1:.3f}", f"{v.top5:.3f}", f"{v.agreement_with_fp32:.3f}")
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(table)
+    console.print(f"outputs: dataset [bold]{data}[/], runs and exports under [bold]{out / 'runs'}[/] "
+                  "(best.pt, metrics.jsonl, export/model*.onnx, calib.npz, demo.json)")
+
+
+@app.command("models")
+def models_list() -> None:
+    """List the registered methods."""
+    from fgcli.models import list_models
+
+    for name in list_models():
+        console.print(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""One entry point from a checkpoint to every deployment artifact (the ultralytics-exporter idea).
+
+``export_all`` writes, in order and each only when asked: ``model.onnx`` (always: every other
+artifact derives from it), ``model.fp16.onnx``, ``calib.npz`` + ``model.int8.onnx`` (modelopt Q/DQ)
+and/or ``model.ort-int8.onnx`` (ONNX Runtime static INT8), then TensorRT engines. The ONNX
+artifacts are written before TensorRT is even imported, so a machine without TensorRT still gets
+everything it needs to run ``fgcli build`` on the target.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fgcli.errors import FgcliError, MissingDependencyError
+from fgcli.utils import write_json_atomic
+
+INT8_BACKENDS = ("modelopt", "ort", "both")
+
+
+@dataclass
+class ExportOptions:
+    out_dir: Path
+    opset: int = 17
+    img_size: int | None = None
+    batch: tuple[int, int, int] = (1, 8, 32)
+    fp16: bool = False
+    int8: bool = False
+    int8_backend: str = "modelopt"
+    calib_data: str | None = None
+    calib_size: int = 512
+    calib_method: str = "max"
+    check_data: str | None = None  # dataset whose test images check ONNX parity
+    trt: bool = False
+    workspace_gib: float = 4.0
+    dla_core: int | None = None
+    device: str = "cpu"  # where modelopt calibrates
+
+
+@dataclass
+class ExportSummary:
+    out_dir: Path
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "artifacts": self.artifacts, "notes": self.notes}
+
+
+def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str], None] | None = None) -> ExportSummary:
+    """Write the requested artifacts into ``opts.out_dir`` and ``export.json`` describing them."""
+    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.export.onnx import export_fp16, export_onnx
+
+    step = step or (lambda message: None)
+    if opts.int8_backend not in INT8_BACKENDS:
+        raise FgcliError(f"unknown --int8-backend '{opts.int8_backend}'", hint=f"use one of: {', '.join(INT8_BACKENDS)}")
+    if opts.trt and opts.int8 and opts.int8_backend == "ort":
+        raise FgcliError("TensorRT INT8 builds from the modelopt Q/DQ model", hint="use --int8-backend modelopt or both")
+    if opts.int8 and not (opts.calib_data or opts.check_data):
+        raise FgcliError("--int8 needs calibration images", hint="pass --calib-data DATASET (its train split is sampled)")
+    out = Path(opts.out_dir)
+    summary = ExportSummary(out)
+    ckpt = load_checkpoint(checkpoint)
+
+    step("exporting ONNX")
+    check_images = _check_images(ckpt, opts)
+    onnx_result = _timed(lambda: export_onnx(ckpt, out, opset=opts.opset, img_size=opts.img_size,
+                                             check_images=check_images))
+    summary.artifacts["onnx-fp32"] = _describe(onnx_result)
+    onnx_path = onnx_result[0].path
+    if opts.fp16:
+        step("converting to FP16")
+        summary.artifacts["onnx-fp16"] = _describe(_timed(lambda: export_fp16(onnx_path, check_images=check_images)))
+    if opts.int8:
+        _quantize(onnx_path, opts, summary, step)
+    write_json_atomic(out / "export.json", summary.to_dict())
+    if opts.trt:
+        _build_engines(summary, opts, step)
+        write_json_atomic(out / "export.json", summary.to_dict())
+    return summary
+
+
+def _check_images(ckpt: dict, opts: ExportOptions):
+    """Real test images for the parity check when a dataset is given, else generated ones."""
+    data = opts.check_data or opts.calib_data
+    if not data:
+        return None
+    from fgcli.data import load_split
+    from fgcli.export.onnx import check_images_from_split, export_preprocess
+
+    preprocess = export_preprocess(ckpt, opts.img_size)
+    split = load_split(data, "test") if _has_split(data, "test") else load_split(data, "train")
+    return check_images_from_split(split, preprocess)
+
+
+def _has_split(data: str, split: str) -> bool:
+    from fgcli.data import load_split
+    from fgcli.errors import DataError
+
+    try:
+        return bool(load_split(data, split).samples)
+    except DataError:
+        return False
+
+
+def _quantize(onnx_path: Path, opts: ExportOptions, summary: ExportSummary, step) -> None:
+    from fgcli.calibration.dataset import build_calibration_set
+    from fgcli.export.onnx import read_onnx_metadata
+    from fgcli.data.preprocess import PreprocessConfig
+
+    step(f"building the calibration set ({opts.calib_size} images)")
+    preprocess = PreprocessConfig.from_dict(read_onnx_metadata(onnx_path)["preprocess"])
+    calib = build_calibration_set(opts.calib_data or opts.check_data, preprocess, size=opts.calib_size)
+    calib_path = calib.save(onnx_path.with_name("calib.npz"))
+    summary.artifacts["calibration"] = {"path": str(calib_path), "images": len(calib),
+                                        "skipped": [p for p, _ in calib.skipped]}
+    summary.notes.extend(calib.warnings)
+    if opts.int8_backend in ("modelopt", "both"):
+        from fgcli.calibration.modelopt_ptq import quantize_modelopt
+
+        step("quantizing with modelopt (Q/DQ for TensorRT)")
+        result = quantize_modelopt(onnx_path, calib, onnx_path.with_name("model.int8.onnx"),
+                                   calib_method=opts.calib_method, fp16=opts.fp16, device=opts.device)
+        summary.artifacts["onnx-int8-modelopt"] = result.to_dict()
+    if opts.int8_backend in ("ort", "both"):
+        from fgcli.calibration.ort_int8 import quantize_ort
+
+        step("quantizing with ONNX Runtime (CPU / ARM INT8)")
+        method = {"max": "minmax"}.get(opts.calib_method, opts.calib_method)
+        result = quantize_ort(onnx_path, calib, onnx_path.with_name("model.ort-int8.onnx"), calib_method=method)
+        summary.artifacts["onnx-int8-ort"] = result.to_dict()
+
+
+def _engine_source(summary: ExportSummary) -> Path:
+    """The ONNX the engine is built from: the modelopt Q/DQ model, else FP16, else FP32."""
+    artifacts = summary.artifacts
+    if "onnx-int8-modelopt" in artifacts:
+        return Path(artifacts["onnx-int8-modelopt"]["output_path"])
+    return Path(artifacts.get("onnx-fp16", artifacts["onnx-fp32"])["path"])
+
+
+def _build_engines(summary: ExportSummary, opts: ExportOptions, step) -> None:
+    """Build the engine; without TensorRT, say which command to run on the target."""
+    from fgcli.export.tensorrt import build_engine
+
+    onnx_path = _engine_source(summary)
+    step(f"building a TensorRT engine from {onnx_path.name}")
+    try:
+        info = build_engine(onnx_path, batch=opts.batch, workspace_gib=opts.workspace_gib,
+                            timing_cache=Path(opts.out_dir) / "timing.cache", dla_core=opts.dla_core)
+    except MissingDependencyError as exc:
+        raise FgcliError(
+            f"the ONNX artifacts are in {opts.out_dir}, but building the engine needs TensorRT: {exc.message}",
+            hint=f"copy {onnx_path.name} to the target (e.g. the Jetson) and run there: fgcli build "
+                 f"{onnx_path.name} --batch {','.join(map(str, opts.batch))}",
+        ) from exc
+    summary.artifacts[f"engine-{info.precision}"] = {
+        "path": str(info.engine_path), "sidecar": str(info.sidecar_path), "build_path": info.build_path,
+        "tensorrt": info.tensorrt_version, "build_seconds": info.build_seconds,
+    }
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    return fn(), time.perf_counter() - start
+
+
+def _describe(timed) -> dict[str, Any]:
+    result, seconds = timed
+    return {**result.to_dict(), "seconds": seconds}
