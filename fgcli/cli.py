@@ -126,7 +126,7 @@ def _print_check_report(report) -> None:
     console.print(table)
     for level, items, style in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
         for item in items:
-            console.print(f"[{style}]{level}:[/] {item}", highlight=False)
+            console.print(f"[{style}]{level}:[/] {item}", highlight=False, soft_wrap=True)
     console.print(f"{len(report.errors)} errors, {len(report.warnings)} warnings")
 
 
