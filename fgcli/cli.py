@@ -124,7 +124,8 @@ def _print_check_report(report) -> None:
     for name, counts in report.counts.items():
         table.add_row(name, *[str(counts.get(split, 0)) for split in splits])
     console.print(table)
-    for level, items, style in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
+    for level, items, style in (("error", report.errors, "red"), ("warning", report.warnings, "yellow"),
+                                ("info", report.infos, "cyan")):
         for item in items:
             console.print(f"[{style}]{level}:[/] {item}", highlight=False, soft_wrap=True)
     console.print(f"{len(report.errors)} errors, {len(report.warnings)} warnings")
@@ -177,7 +178,11 @@ def run_training(cfg):
 
     from fgcli.engine.train import train as train_loop
 
+    from fgcli.data import describe_layout
+
     is_main = os.environ.get("RANK", "0") == "0"
+    if is_main:
+        console.print(describe_layout(cfg.data, cfg.layout), highlight=False)
     if is_main and not cfg.pretrained and not cfg.weights:
         err_console.print("[yellow]note:[/] training from scratch; FGVC methods expect ImageNet weights "
                           "(--pretrained, or --weights FILE offline)")

@@ -10,8 +10,8 @@ from fgcli.data import describe_layout, detect_layout, load_split
 from fgcli.data.images import BadImageError, load_rgb
 from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
 from fgcli.errors import DataError
-from tests.conftest import write_tiny_folder_dataset
-from tests.layouts import write_aircraft, write_cars, write_cub
+from conftest import write_tiny_folder_dataset
+from layouts import write_aircraft, write_cars, write_cub
 
 
 def test_cub_splits_labels_boxes_and_class_names(tmp_path):

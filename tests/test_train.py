@@ -13,7 +13,7 @@ import torch
 from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fgcli.engine.train import train
 from fgcli.errors import DataError
-from tests.conftest import tiny_train_config, write_tiny_folder_dataset
+from conftest import tiny_train_config, write_tiny_folder_dataset
 
 
 def test_checkpoint_holds_everything_later_commands_need(tiny_checkpoint):

@@ -5,35 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fgcli.data.index import DatasetSplit, Sample
+from fgcli.data.parsers.detect import LAYOUT_NAMES, LAYOUTS, dataset_splits, detect_layout
 from fgcli.errors import DataError
-
-LAYOUTS = ("cub", "cars", "aircraft", "folder")
-LAYOUT_NAMES = {"cub": "CUB-200-2011", "cars": "Stanford Cars", "aircraft": "FGVC-Aircraft", "folder": "class folders"}
-
-
-def detect_layout(root: str | Path) -> str:
-    """Which official layout ``root`` holds; an error listing what was looked for when none matches."""
-    from fgcli.data.parsers.aircraft import find_aircraft_root
-    from fgcli.data.parsers.cars import find_cars_root
-    from fgcli.data.parsers.cub import find_cub_root
-    from fgcli.data.parsers.folder import class_dirs, split_dirs
-
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"dataset folder not found: {root}", hint="pass --data with an existing folder")
-    if find_cub_root(root):
-        return "cub"
-    if find_cars_root(root):
-        return "cars"
-    if find_aircraft_root(root):
-        return "aircraft"
-    if split_dirs(root) or class_dirs(root):
-        return "folder"
-    raise DataError(
-        f"cannot tell the layout of {root}",
-        hint="expected CUB-200-2011 (images.txt), Stanford Cars (devkit/cars_meta.mat), "
-             "FGVC-Aircraft (data/variants.txt) or class folders (ROOT/<class>/*.jpg)",
-    )
 
 
 def load_split(root: str | Path, split: str = "train", layout: str = "auto", **options) -> DatasetSplit:
@@ -52,18 +25,14 @@ def load_split(root: str | Path, split: str = "train", layout: str = "auto", **o
     return loader(root, split, **options)
 
 
-def describe_layout(root: str | Path, layout: str = "auto", splits: tuple[str, ...] = ("train", "test")) -> str:
+def describe_layout(root: str | Path, layout: str = "auto", **options) -> str:
     """One line for ``--dataset auto``: which layout, how many classes and images per split."""
     layout = detect_layout(root) if layout == "auto" else layout
-    parts, classes = [], 0
-    for split in splits:
-        try:
-            data = load_split(root, split, layout)
-        except DataError:
-            continue
-        classes = data.num_classes
-        parts.append(f"{len(data.samples)} {split}")
-    return f"{LAYOUT_NAMES[layout]} layout: {classes} classes, {' / '.join(parts)} images"
+    splits = [load_split(root, split, layout, **options) for split in dataset_splits(root, layout)]
+    counts = " / ".join(f"{len(data.samples)} {data.split}" for data in splits)
+    note = f" ({splits[0].note})" if splits[0].note else ""
+    return f"{LAYOUT_NAMES[layout]} layout: {splits[0].num_classes} classes, {counts} images{note}"
 
 
-__all__ = ["DatasetSplit", "Sample", "LAYOUTS", "detect_layout", "load_split", "describe_layout"]
+__all__ = ["DatasetSplit", "Sample", "LAYOUTS", "LAYOUT_NAMES", "dataset_splits", "detect_layout", "load_split",
+           "describe_layout"]

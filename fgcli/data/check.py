@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from PIL import Image
-
-from fgcli.data import LAYOUT_NAMES, detect_layout, load_split
-from fgcli.data.images import BadImageError, load_rgb
+from fgcli.data import LAYOUT_NAMES, dataset_splits, detect_layout, load_split
+from fgcli.data.images import BadImageError, crop_bottom, describe_mode, open_image, to_rgb
+from fgcli.data.index import Sample
 from fgcli.errors import DataError
 
 TINY_SIDE = 32
-SPLITS = {"cub": ("train", "test"), "cars": ("train", "test"), "aircraft": ("train", "val", "test"),
-          "folder": ("train", "val", "test")}
+EXAMPLES = 5  # class names listed in a "classes have no <split> images" warning
 
 
 @dataclass
 class CheckReport:
     root: str
     layout: str
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # class -> split -> images
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # class -> split -> readable images
+    errors: list[str] = field(default_factory=list)  # unreadable files, broken annotations: the CLI exits 1
+    warnings: list[str] = field(default_factory=list)  # duplicates, tiny images, unusual modes, empty classes
+    infos: list[str] = field(default_factory=list)  # harmless facts (grayscale files, no split folders)
 
     @property
     def summary(self) -> str:
@@ -35,68 +33,77 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": self.root, "layout": self.layout, "summary": self.summary, "counts": self.counts,
-                "errors": self.errors, "warnings": self.warnings}
+                "errors": self.errors, "warnings": self.warnings, "infos": self.infos}
 
 
-def _inspect(path: str, bottom_crop: int) -> tuple[str | None, str | None, tuple[int, int] | None, str | None]:
-    """(error, mode, size, sha256) of one file; decodes it fully, as training would."""
+@dataclass
+class FileFacts:
+    error: str | None = None
+    mode_note: str | None = None  # describe_mode of the file as stored
+    size: tuple[int, int] = (0, 0)  # after the bottom crop, as training sees it
+    digest: str = ""
+
+
+def _inspect(sample: Sample) -> FileFacts:
+    """Decode one file fully, as training would, and hash its bytes."""
     try:
-        with Image.open(path) as img:
-            mode = img.mode
-        size = load_rgb(path, bottom_crop=bottom_crop).size
+        img = open_image(sample.path)
+        rgb = crop_bottom(to_rgb(img), sample.bottom_crop, sample.path)
+        digest = hashlib.sha256(Path(sample.path).read_bytes()).hexdigest()
     except BadImageError as exc:
-        return exc.message, None, None, None
+        return FileFacts(error=exc.message)
     except OSError as exc:
-        return f"cannot read image {path}: {exc}", None, None, None
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return None, mode, size, digest
+        return FileFacts(error=f"cannot read image {sample.path}: {exc}")
+    return FileFacts(mode_note=describe_mode(img), size=rgb.size, digest=digest)
 
 
 def check_dataset(root: str | Path, layout: str = "auto", progress: Callable[[int], None] | None = None,
-                  threads: int = 4) -> CheckReport:
-    """Counts per class and split; unreadable / truncated files (errors); duplicates, tiny images,
-    non-RGB files and classes missing from a split (warnings). Annotation problems are errors too."""
+                  threads: int = 4, **options) -> CheckReport:
+    """Counts per class and split; unreadable / truncated files and broken annotations (errors); duplicates,
+    tiny images, non-RGB files and classes missing from a split (warnings). ``progress(1)`` after each file;
+    ``options`` go to the parser (``level`` for FGVC-Aircraft)."""
     layout = detect_layout(root) if layout == "auto" else layout
     report = CheckReport(str(root), layout)
     splits = {}
-    for split in SPLITS[layout]:
+    for split in dataset_splits(root, layout):
         try:
-            data = load_split(root, split, layout)
+            splits[split] = load_split(root, split, layout, **options)
         except DataError as exc:
-            if "no split" in exc.message or "has no '" in exc.message:
-                continue  # a split this dataset does not have
-            report.errors.append(exc.message)
-            continue
-        if data.note and split != "train":
-            continue  # a tree without split folders: count it once
-        splits[split] = data
+            report.errors.append(str(exc))
     if not splits:
         return report
-    class_names = next(iter(splits.values())).class_names
+    first = next(iter(splits.values()))
+    if first.note:
+        report.infos.append(first.note)
+    class_names = first.class_names
     report.counts = {name: {split: 0 for split in splits} for name in class_names}
-    seen: dict[str, str] = {}
-    jobs = [(split, s) for split, data in splits.items() for s in data.samples]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = pool.map(lambda job: _inspect(job[1].path, job[1].bottom_crop), jobs)
-        for (split, sample), (error, mode, size, digest) in zip(jobs, results):
+    jobs = [(split, sample) for split, data in splits.items() for sample in data.samples]
+    first_seen: dict[str, tuple[str, Sample]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for (split, sample), facts in zip(jobs, pool.map(lambda job: _inspect(job[1]), jobs)):
             if progress:
                 progress(1)
-            if error:
-                report.errors.append(error)
+            if facts.error:
+                report.errors.append(facts.error)
                 continue
             report.counts[class_names[sample.label]][split] += 1
-            if digest in seen:
-                report.warnings.append(f"duplicate: {sample.path} has the same bytes as {seen[digest]}")
-            seen.setdefault(digest, sample.path)
-            if min(size) < TINY_SIDE:
-                report.warnings.append(f"tiny image ({size[0]}x{size[1]}): {sample.path}")
-            if mode not in ("RGB", "L"):
-                report.warnings.append(f"{mode} image (converted to RGB when loaded): {sample.path}")
-    missing = defaultdict(list)
-    for name, counts in report.counts.items():
-        for split, count in counts.items():
-            if count == 0:
-                missing[split].append(name)
-    for split, names in missing.items():
-        report.warnings.append(f"{len(names)} classes have no {split} images (e.g. {names[0]})")
+            where = f"({split}, {class_names[sample.label]})"
+            if facts.digest in first_seen:
+                other_split, other = first_seen[facts.digest]
+                report.warnings.append(f"duplicate: {sample.path} {where} has the same bytes as {other.path} "
+                                       f"({other_split}, {class_names[other.label]})")
+            else:
+                first_seen[facts.digest] = (split, sample)
+            if min(facts.size) < TINY_SIDE:
+                report.warnings.append(f"tiny image ({facts.size[0]}x{facts.size[1]}), a side under {TINY_SIDE} px: "
+                                       f"{sample.path}")
+            if facts.mode_note and facts.mode_note.startswith("grayscale"):
+                report.infos.append(f"{facts.mode_note}: {sample.path}")
+            elif facts.mode_note:
+                report.warnings.append(f"{facts.mode_note}: {sample.path}")
+    for split in splits:
+        empty = [name for name, counts in report.counts.items() if counts[split] == 0]
+        if empty:
+            shown = ", ".join(empty[:EXAMPLES]) + (", ..." if len(empty) > EXAMPLES else "")
+            report.warnings.append(f"{len(empty)} classes have no readable {split} images: {shown}")
     return report

@@ -9,6 +9,8 @@ from PIL import Image, UnidentifiedImageError
 from fgcli.errors import DataError
 
 BAD_IMAGE_HINT = "re-download or remove the file (fgcli data check lists every bad file), or pass --skip-bad"
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 class BadImageError(DataError):
@@ -18,40 +20,86 @@ class BadImageError(DataError):
         self.reason = reason
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB from any mode: alpha composited on white, palettes with transparency through RGBA, 16-bit scaled."""
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return img.point(lambda v: v / 256).convert("L").convert("RGB")
-    return img.convert("RGB")
-
-
-def load_rgb(path: str | os.PathLike, bottom_crop: int = 0) -> Image.Image:
-    """Fully decode ``path`` (so truncated files fail here, not later) and return it as RGB."""
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Fully decode ``path`` in its own mode, so that truncated or corrupt files fail here, not in a batch."""
     try:
         if os.path.getsize(path) == 0:
             raise BadImageError(path, "the file is empty (0 bytes)")
         with Image.open(path) as img:
             img.load()
-            rgb = to_rgb(img)
+            return img.copy()
     except BadImageError:
         raise
     except FileNotFoundError:
         raise BadImageError(path, "the file does not exist") from None
+    except PermissionError:
+        raise BadImageError(path, "permission denied") from None
+    except IsADirectoryError:
+        raise BadImageError(path, "this is a folder, not an image file") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(path, f"too many pixels to decode safely ({exc})") from None
     except UnidentifiedImageError:
         raise BadImageError(path, "not an image file PIL can identify") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(path, f"corrupt or truncated ({exc})") from None
-    if bottom_crop:
-        width, height = rgb.size
-        if height <= bottom_crop:
-            raise BadImageError(path, f"image is {height} px high, less than the {bottom_crop} px banner to crop")
-        rgb = rgb.crop((0, 0, width, height - bottom_crop))
-    return rgb
+    except Exception as exc:  # PIL's decoders raise assorted errors (struct.error, IndexError, ...) on damaged files
+        raise BadImageError(path, f"corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def _palette_has_alpha(img: Image.Image) -> bool:
+    """A palette image with a transparent colour (GIF, PNG tRNS) or an RGBA palette."""
+    return "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB from any mode: alpha composited on white, palettes with transparency through RGBA, 16-bit scaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        if not _palette_has_alpha(img):
+            return img.convert("RGB")
+        img = img.convert("RGBA")
+    if img.mode in ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in SIXTEEN_BIT_MODES:
+        return img.point(lambda v: v / 256).convert("L").convert("RGB")
+    return img.convert("RGB")
+
+
+def describe_mode(img: Image.Image) -> str | None:
+    """How ``load_rgb`` changes this image's pixels (None for plain RGB), for `fgcli data check`."""
+    mode = img.mode
+    if mode == "RGB":
+        return None
+    if mode == "L":
+        return "grayscale image (channel copied to R, G, B)"
+    if mode == "1":
+        return "1-bit image (black and white copied to R, G, B)"
+    if mode == "CMYK":
+        return "CMYK image (converted to RGB when loaded; colours may shift)"
+    if mode == "P":
+        if _palette_has_alpha(img):
+            return "palette image with transparency (composited on white when loaded)"
+        return "palette image (converted to RGB when loaded)"
+    if mode in ALPHA_MODES:
+        return f"{mode} image with an alpha channel (composited on white when loaded)"
+    if mode in SIXTEEN_BIT_MODES:
+        return f"16-bit image ({mode}, scaled to 8-bit grayscale RGB when loaded)"
+    return f"{mode} image (converted to RGB when loaded)"
+
+
+def crop_bottom(img: Image.Image, pixels: int, path: str | os.PathLike) -> Image.Image:
+    """Cut ``pixels`` rows off the bottom (FGVC-Aircraft's copyright banner)."""
+    if not pixels:
+        return img
+    width, height = img.size
+    if height <= pixels:
+        raise BadImageError(path, f"image is {height} px high, less than the {pixels} px banner to crop")
+    return img.crop((0, 0, width, height - pixels))
+
+
+def load_rgb(path: str | os.PathLike, bottom_crop: int = 0) -> Image.Image:
+    """Fully decode ``path`` (so truncated files fail here, not later) and return it as RGB."""
+    return crop_bottom(to_rgb(open_image(path)), bottom_crop, path)

@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fgcli.data.images import to_rgb
+from fgcli.errors import FgcliError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -19,6 +22,14 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    def __post_init__(self):
+        if not 0 < self.img_size <= self.resize_size:
+            raise FgcliError(f"crop size {self.img_size} must be positive and at most the resize size "
+                             f"{self.resize_size}", hint="pass --resize-size >= --img-size (e.g. 512 for 448)")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise FgcliError(f"mean {self.mean} / std {self.std} need 3 values each, std > 0",
+                             hint="give one value per RGB channel")
+
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["mean"], values["std"] = list(self.mean), list(self.std)
@@ -26,6 +37,10 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PreprocessConfig":
+        missing = [key for key in ("img_size", "resize_size", "mean", "std") if key not in values]
+        if missing:
+            raise FgcliError(f"preprocessing settings lack {', '.join(missing)} (got {sorted(values)})",
+                             hint="the checkpoint or model was not written by fgcli; re-export it")
         return cls(int(values["img_size"]), int(values["resize_size"]),
                    tuple(float(v) for v in values["mean"]), tuple(float(v) for v in values["std"]))
 
@@ -38,7 +53,8 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
 
 
 def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """torchvision ``CenterCrop``'s box (left, top, right, bottom) for an image at least ``size`` wide and high."""
+    """torchvision ``CenterCrop``'s box (left, top, right, bottom); the image is at least ``size`` on each side
+    because ``PreprocessConfig`` keeps ``img_size <= resize_size``."""
     top = int(round((height - size) / 2.0))
     left = int(round((width - size) / 2.0))
     return left, top, left + size, top + size
@@ -46,6 +62,7 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, 
 
 def preprocess_eval(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """Resize shorter side (bilinear), center crop, scale to [0, 1], normalise: ``(3, S, S)`` float32."""
+    img = to_rgb(img)
     width, height = resized_size(*img.size, cfg.resize_size)
     img = img.resize((width, height), Image.BILINEAR)
     img = img.crop(center_crop_box(width, height, cfg.img_size))

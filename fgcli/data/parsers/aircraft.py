@@ -1,6 +1,6 @@
 """FGVC-Aircraft (fgvc-aircraft-2013b): ``data/images/``, ``data/{variants,families,manufacturers}.txt``,
-``data/images_<level>_<split>.txt``. The bottom 20 pixels (a copyright banner) are cropped, as the
-official toolkit does.
+``data/images_<level>_<split>.txt``, optional ``data/images_box.txt``. The bottom 20 pixels (a copyright
+banner) are cropped, as the official toolkit does.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from fgcli.errors import DataError
 LEVELS = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
 SPLITS = ("train", "val", "trainval", "test")
 BANNER_PIXELS = 20
+RESTORE_HINT = "restore it from the FGVC-Aircraft archive (fgvc-aircraft-2013b.tar.gz)"
 
 
 def find_aircraft_root(root: str | Path) -> Path | None:
@@ -24,11 +25,37 @@ def find_aircraft_root(root: str | Path) -> Path | None:
     return None
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of the non-empty lines."""
     if not path.is_file():
-        raise DataError(f"missing annotation file {path}",
-                        hint="restore it from the FGVC-Aircraft archive (fgvc-aircraft-2013b.tar.gz)")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        raise DataError(f"missing annotation file {path}", hint=RESTORE_HINT)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+def _id_and_rest(path: Path, number: int, line: str) -> tuple[str, str]:
+    image_id, _, rest = line.partition(" ")
+    if not rest.strip():
+        raise DataError(f"{path}:{number}: expected '<image id> <value>', got '{line}'",
+                        hint="the file is damaged; " + RESTORE_HINT)
+    return image_id, rest.strip()
+
+
+def _boxes(base: Path) -> dict[str, tuple[float, float, float, float]]:
+    """images_box.txt holds 1-based inclusive ``xmin ymin xmax ymax``; returned as 0-based (x, y, width, height)."""
+    path = base / "images_box.txt"
+    if not path.is_file():
+        return {}
+    boxes = {}
+    for number, line in _lines(path):
+        image_id, rest = _id_and_rest(path, number, line)
+        try:
+            xmin, ymin, xmax, ymax = (float(v) for v in rest.split())
+        except ValueError:
+            raise DataError(f"{path}:{number}: expected '<image id> xmin ymin xmax ymax', got '{line}'",
+                            hint="the file is damaged; " + RESTORE_HINT) from None
+        boxes[image_id] = (xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1)
+    return boxes
 
 
 def load_aircraft(root: str | Path, split: str = "trainval", level: str = "variant") -> DatasetSplit:
@@ -39,15 +66,24 @@ def load_aircraft(root: str | Path, split: str = "trainval", level: str = "varia
         raise DataError(f"FGVC-Aircraft has no level '{level}'", hint=f"use one of: {', '.join(LEVELS)}")
     base = find_aircraft_root(root)
     if base is None:
-        raise DataError(f"{root} has no data/variants.txt", hint="point --data at the fgvc-aircraft-2013b folder")
-    class_names = _lines(base / LEVELS[level])
-    index = {name: i for i, name in enumerate(class_names)}
+        raise DataError(f"{root} has no data/variants.txt with data/images/ beside it",
+                        hint="point --data at the fgvc-aircraft-2013b folder")
+    class_file = base / LEVELS[level]
+    class_names, index = [], {}
+    for number, name in _lines(class_file):
+        if name in index:
+            raise DataError(f"{class_file}:{number}: class '{name}' is listed twice",
+                            hint="the file is damaged; " + RESTORE_HINT)
+        index[name] = len(class_names)
+        class_names.append(name)
+    boxes = _boxes(base)
     list_file = base / f"images_{level}_{split}.txt"
     samples = []
-    for number, line in enumerate(_lines(list_file), start=1):
-        image_id, _, name = line.partition(" ")
+    for number, line in _lines(list_file):
+        image_id, name = _id_and_rest(list_file, number, line)
         if name not in index:
             raise DataError(f"{list_file}:{number}: class '{name}' is not in {LEVELS[level]}",
-                            hint="the list files disagree; restore them from the dataset archive")
-        samples.append(Sample(str(base / "images" / f"{image_id}.jpg"), index[name], bottom_crop=BANNER_PIXELS))
+                            hint="the list files disagree; " + RESTORE_HINT)
+        samples.append(Sample(str(base / "images" / f"{image_id}.jpg"), index[name], bottom_crop=BANNER_PIXELS,
+                              box=boxes.get(image_id)))
     return DatasetSplit(base, "aircraft", split, class_names, samples)

@@ -1,7 +1,12 @@
-"""A plain class-per-folder tree: ``ROOT/<class>/*`` or ``ROOT/{train,val,test}/<class>/*``."""
+"""A plain class-per-folder tree: ``ROOT/<class>/*`` or ``ROOT/{train,val,test}/<class>/*``.
+
+Re-packaged datasets often wrap the tree in folders of the same name (Stanford Cars from Kaggle:
+``car_data/car_data/{train,test}/<class>/``); up to two such single-folder wrappers are stepped into.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fgcli.data.index import DatasetSplit, Sample
@@ -9,6 +14,8 @@ from fgcli.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_DIRS = ("train", "val", "test", "trainval")
+WRAPPER_DEPTH = 2
+FLAT_TREE_NOTE = "no train/val/test folders: every split is the whole tree"
 
 
 def split_dirs(root: Path) -> list[str]:
@@ -19,27 +26,52 @@ def class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _holds_images(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES for e in entries)
+
+
+def find_folder_root(root: str | Path) -> Path | None:
+    """The folder holding split folders (through single-folder wrappers), or ``root`` if it has class folders
+    with images in them; None when it is neither."""
+    root = Path(root)
+    candidate = root
+    for _ in range(WRAPPER_DEPTH + 1):
+        if split_dirs(candidate):
+            return candidate
+        children = class_dirs(candidate)
+        if len(children) != 1 or _holds_images(candidate):
+            break
+        candidate = candidate / children[0]
+    if any(_holds_images(root / name) for name in class_dirs(root)):
+        return root
+    return None
+
+
 def load_folder(root: str | Path, split: str = "train") -> DatasetSplit:
     """Class names are the sorted folder names, shared by every split."""
-    root = Path(root)
-    splits = split_dirs(root)
+    base = find_folder_root(root)
+    if base is None:
+        raise DataError(f"{root} has neither train/val/test folders nor class folders with images in them",
+                        hint="lay images out as ROOT/<class>/*.jpg or ROOT/{train,test}/<class>/*.jpg")
+    splits = split_dirs(base)
     note = ""
     if splits:
         if split not in splits:
-            raise DataError(f"{root} has no '{split}' folder (found: {', '.join(splits)})",
+            raise DataError(f"{base} has no '{split}' folder (found: {', '.join(splits)})",
                             hint=f"pass --split with one of: {', '.join(splits)}")
-        names = sorted({name for s in splits for name in class_dirs(root / s)})
-        base = root / split
+        names = sorted({name for s in splits for name in class_dirs(base / s)})
+        images = base / split
     else:
-        names = class_dirs(root)
-        base = root
-        note = "no train/val/test folders: every split is the whole tree"
+        names = class_dirs(base)
+        images = base
+        note = FLAT_TREE_NOTE
     if not names:
-        raise DataError(f"{base} has no class folders", hint="lay images out as ROOT/<class>/*.jpg")
+        raise DataError(f"{images} has no class folders", hint="lay images out as ROOT/<class>/*.jpg")
     samples = [
         Sample(str(path), label)
-        for label, name in enumerate(names) if (base / name).is_dir()
-        for path in sorted((base / name).rglob("*"))
+        for label, name in enumerate(names) if (images / name).is_dir()
+        for path in sorted((images / name).rglob("*"))
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
     ]
-    return DatasetSplit(root, "folder", split, names, samples, note)
+    return DatasetSplit(base, "folder", split, names, samples, note)
