@@ -203,6 +203,17 @@ def test_modelopt_ptq_writes_qdq_that_runs_on_ort_cpu(fp32_onnx, calib, tmp_path
     assert_int8_model(result, fp32_onnx, out, calib.images)
 
 
+def test_ort_int8_still_works_after_modelopt_in_the_same_process(fp32_onnx, calib, tmp_path):
+    """modelopt patches ORT's quantizer when it runs; fgcli runs it in a child process so ORT INT8 still works."""
+    pytest.importorskip("modelopt.onnx.quantization")
+    from fgcli.calibration.modelopt_ptq import quantize_modelopt
+    from fgcli.calibration.ort_int8 import quantize_ort
+
+    quantize_modelopt(fp32_onnx, calib, tmp_path / "model.int8.onnx")
+    result = quantize_ort(fp32_onnx, calib, tmp_path / "model.ort-int8.onnx")
+    assert result.num_quantized > 0
+
+
 def test_modelopt_ptq_fp16_keeps_float32_inputs_and_outputs(fp32_onnx, calib, tmp_path):
     pytest.importorskip("modelopt.onnx.quantization")
     import onnx

@@ -12,10 +12,14 @@ when asked.
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 import time
 from pathlib import Path
+
+import numpy as np
 
 from fgcli.calibration import QuantResult, calibration_input, quantized_nodes, save_with_metadata
 from fgcli.calibration.dataset import CalibrationSet
@@ -44,6 +48,21 @@ def calibration_providers(device: str) -> list[str]:
     return ["cuda:0", "cpu"]  # CPU runs whatever the CUDA EP does not implement
 
 
+def _quantize_file(model: str, output: str, calibration_file: str, input_name: str, **options) -> None:
+    """The modelopt call itself, run in a child process (see ``_in_child_process``)."""
+    from modelopt.onnx.quantization import quantize
+
+    quantize(model, quantize_mode="int8", calibration_data={input_name: np.load(calibration_file)},
+             output_path=output, log_level="WARNING", **options)
+
+
+def _in_child_process(fn, *args, **kwargs) -> None:
+    """modelopt patches ONNX Runtime's quantization classes in place when it quantizes, after which ORT's own
+    static quantization fails in the same process; a spawned child keeps the patch away from the caller."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(fn, *args, **kwargs).result()
+
+
 def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path, out_path: str | Path,
                       calib_method: str = "max", fp16: bool = False, device: str = "cpu",
                       batch_size: int = 16) -> QuantResult:
@@ -60,7 +79,7 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     source = load_onnx(onnx_path)
     input_name, calib = calibration_input(source, onnx_path, calib)
-    quantization = optional_import("modelopt.onnx.quantization", "quant", PURPOSE)
+    optional_import("modelopt.onnx.quantization", "quant", PURPOSE)
     providers = calibration_providers(device)
     high_precision = "fp16" if fp16 else "fp32"
     batch = max(1, min(batch_size, len(calib)))
@@ -71,12 +90,13 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
         shutil.copyfile(onnx_path, work_input)
         start = time.perf_counter()
         try:
-            quantization.quantize(
-                str(work_input), quantize_mode="int8", calibration_data={input_name: calib.images},
+            calibration_file = Path(work) / "calibration.npy"
+            np.save(calibration_file, calib.images)
+            _in_child_process(
+                _quantize_file, str(work_input), str(work_output), str(calibration_file), input_name,
                 calibration_method=calib_method,
                 calibration_shapes=f"{input_name}:{batch}x{'x'.join(map(str, calib.images.shape[1:]))}",
-                calibration_eps=providers, high_precision_dtype=high_precision,
-                output_path=str(work_output), log_level="WARNING")
+                calibration_eps=providers, high_precision_dtype=high_precision)
         except Exception as exc:
             raise FgcliError(f"modelopt could not quantize {onnx_path}: {type(exc).__name__}: {exc}",
                              hint="check that the model exports and runs in onnxruntime "
