@@ -51,3 +51,24 @@ def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
     train(tiny_train_config(tiny_dataset, out))
     return out / "best.pt"
+
+
+#: prepended to a ``python -c`` script: every ``import torch`` in it fails, as on a Jetson without PyTorch
+BLOCK_TORCH = """
+import sys
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked for this test")
+sys.meta_path.insert(0, BlockTorch())
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint, tiny_dataset, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported to ONNX (checked against PyTorch on the tiny test images)."""
+    from fgcli.export.pipeline import ExportOptions, export_all
+
+    out = tmp_path_factory.mktemp("tiny_export")
+    summary = export_all(tiny_checkpoint, ExportOptions(out_dir=out, check_data=str(tiny_dataset)))
+    return Path(summary.artifacts["onnx-fp32"]["path"])

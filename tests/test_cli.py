@@ -80,3 +80,59 @@ def test_installed_console_script_reports_errors_without_traceback(tmp_path):
 def test_module_entry_point_prints_version_of_commands():
     proc = subprocess.run([sys.executable, "-m", "fgcli", "train", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--resume" in proc.stdout
+
+
+def test_predict_and_eval_onnx_run_with_torch_blocked(tiny_onnx, tiny_dataset, tmp_path):
+    from conftest import BLOCK_TORCH
+
+    out = tmp_path / "pred.csv"
+    script = BLOCK_TORCH + (
+        "from fgcli.cli import main\n"
+        f"sys.argv = ['fgcli', 'predict', {str(tiny_onnx)!r}, {str(tiny_dataset / 'test')!r}, '--out', {str(out)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        f"sys.argv = ['fgcli', 'eval', {str(tiny_onnx)!r}, '--data', {str(tiny_dataset)!r}, '--json']\n"
+        "main()\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 12 and all(r["class_1"] in {"alpha", "beta", "gamma"} for r in rows)
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert report["runner"] == "onnxruntime:CPUExecutionProvider" and 0 <= report["top1"] <= 1
+
+
+def test_onnx_eval_matches_checkpoint_eval(tiny_checkpoint, tiny_onnx, tiny_dataset):
+    results = [json.loads(runner.invoke(app, ["eval", str(m), "--data", str(tiny_dataset), "--json"]).output)
+               for m in (tiny_checkpoint, tiny_onnx)]
+    assert results[0]["top1"] == results[1]["top1"]
+    assert results[0]["confusion_matrix"] == results[1]["confusion_matrix"]
+
+
+def test_export_trt_without_tensorrt_writes_onnx_first_then_says_what_to_run(tiny_checkpoint, tiny_dataset,
+                                                                               tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, as on this machine
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), "--out", str(out), "--data", str(tiny_dataset),
+                                 "--trt", "--batch", "1,2,4"])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, Exception) and "tensorrt" in str(result.exception)
+    assert "fgcli build model.onnx --batch 1,2,4" in str(result.exception)
+    assert (out / "model.onnx").is_file() and (out / "export.json").is_file()
+
+
+def test_export_int8_writes_both_int8_models_and_reports_quantized_nodes(tiny_checkpoint, tiny_dataset, tmp_path):
+    pytest.importorskip("modelopt.onnx.quantization")
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), "--out", str(out), "--int8", "--int8-backend", "both",
+                                 "--calib-data", str(tiny_dataset), "--calib-size", "24"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "export.json").read_text())
+    assert set(summary["artifacts"]) == {"onnx-fp32", "calibration", "onnx-int8-modelopt", "onnx-int8-ort"}
+    assert summary["artifacts"]["calibration"]["images"] == 24
+    for key in ("onnx-int8-modelopt", "onnx-int8-ort"):
+        assert summary["artifacts"][key]["quantized_counts"].get("Conv", 0) >= 10
+    assert any("few" in note for note in summary["notes"])  # 24 < 300 calibration images
+    for name in ("model.int8.onnx", "model.ort-int8.onnx"):
+        evaluation = runner.invoke(app, ["eval", str(out / name), "--data", str(tiny_dataset), "--json"])
+        assert evaluation.exit_code == 0 and 0 <= json.loads(evaluation.output)["top1"] <= 1
