@@ -130,7 +130,6 @@ def test_read_metadata_errors_name_the_file(tmp_path):
 
 # --------------------------------------------------------------------------- FP16
 def test_fp16_model_is_float16_inside_fp32_at_the_edges_and_close_to_fp32(exported_model, tmp_path):
-    pytest.importorskip("onnxconverter_common")
     result = export_fp16(exported_model.path, tmp_path / "model.fp16.onnx")
     proto = onnx.load(str(result.path))
     weight_types = {init.data_type for init in proto.graph.initializer if len(init.dims) == 4}
@@ -148,16 +147,49 @@ def test_fp16_model_is_float16_inside_fp32_at_the_edges_and_close_to_fp32(export
 
 
 def test_fp16_with_float16_io_and_refusals(exported_model, tmp_path):
-    pytest.importorskip("onnxconverter_common")
     result = export_fp16(exported_model.path, tmp_path / "io16.onnx", keep_io_fp32=False)
     assert onnx.load(str(result.path)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     with pytest.raises(FgcliError, match="is already fp16"):
         export_fp16(result.path, tmp_path / "again.onnx")
 
 
+def test_fp16_rewrites_the_graphs_own_casts_to_float(tmp_path):
+    """Cast(to=float) inside the graph (e.g. a mask ``(x > 0).float()``) must become float16 as well, or the
+    Mul after it mixes float and float16 (what onnxconverter-common 1.16 produced for TASN)."""
+    helper, rng = onnx.helper, np.random.default_rng(0)
+    weights = [
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "conv_w"),
+        onnx.numpy_helper.from_array(rng.standard_normal((2, 4)).astype(np.float32), "fc_w"),
+        onnx.numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "conv_w"], ["features"], pads=[1, 1, 1, 1]),
+        helper.make_node("Greater", ["features", "zero"], ["positive"]),
+        helper.make_node("Cast", ["positive"], ["mask"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", ["features", "mask"], ["rectified"]),
+        helper.make_node("GlobalAveragePool", ["rectified"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "masked", [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 2])], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    export_module.set_onnx_metadata(proto, {"class_names": ["a", "b"], "precision": "fp32",
+                                            "preprocess": {**PREPROCESS, "img_size": 8, "resize_size": 9}})
+    onnx.save(proto, str(tmp_path / "model.onnx"))
+
+    result = export_fp16(tmp_path / "model.onnx")
+    assert result.path == tmp_path / "model.fp16.onnx"
+    converted = onnx.load(str(result.path))
+    onnx.checker.check_model(converted, full_check=True)
+    casts = [n for n in converted.graph.node if n.input[0] == "positive"]
+    assert [a.i for n in casts for a in n.attribute if a.name == "to"] == [onnx.TensorProto.FLOAT16]
+    assert result.parity.n_images == 8 and result.parity.max_abs_diff <= result.parity.tolerance
+
+
 def test_fp16_without_the_converter_names_the_package(exported_model, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxconverter_common", None)
-    monkeypatch.setitem(sys.modules, "onnxconverter_common.float16", None)
-    with pytest.raises(MissingDependencyError, match="onnxconverter-common") as info:
+    monkeypatch.setitem(sys.modules, "onnxruntime.transformers.onnx_model", None)
+    with pytest.raises(MissingDependencyError, match="'onnxruntime'") as info:
         export_fp16(exported_model.path, tmp_path / "model.fp16.onnx")
-    assert "pip install" in str(info.value)
+    assert "fgcli[onnx]" in str(info.value)

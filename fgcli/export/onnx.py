@@ -1,0 +1,314 @@
+"""Checkpoint -> self-describing ONNX (DIR/model.onnx), checked against eager PyTorch; FP16 variant.
+
+Steps of :func:`export_onnx`, one function each: load the checkpoint, trace the eval-mode graph with the
+TorchScript exporter (``dynamo=False``: one static graph with a dynamic batch axis, which TensorRT 8.6 on
+JetPack 5 parses), simplify with onnxslim, validate with onnx.checker, attach the fgcli metadata, write
+atomically, then compare ONNX Runtime with PyTorch on real or generated images and refuse a drifting graph.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+import fgcli
+from fgcli.data.preprocess import PreprocessConfig
+from fgcli.errors import FgcliError, MissingDependencyError
+from fgcli.runtime.onnx_runner import decode_fgcli_metadata, encode_fgcli_metadata
+from fgcli.utils import atomic_path, optional_import
+
+MIN_OPSET = 17  # LayerNormalization and the opset TensorRT 8.6+ parses fully
+PARITY_ATOL = 1e-3  # max |logit difference| allowed between ONNX Runtime (FP32) and eager PyTorch
+#: FP16 tolerance, relative to the largest FP32 |logit| (at least 1). FP16 keeps 11 significant bits
+#: (rounding ~4.9e-4 per op); compounded over a ResNet-50's ~50 layers that stays near 1e-2 of the logit
+#: scale, while a broken conversion (overflow to inf/NaN, a wrong cast) errs by the size of the logits.
+FP16_RTOL = 2e-2
+PARITY_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely an exported model reproduces its reference on ``n_images`` images."""
+
+    max_abs_diff: float
+    top1_agreement: float  # fraction of images with the same arg-max class
+    n_images: int
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    opset: int
+    img_size: int
+    parity: Parity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "opset": self.opset, "img_size": self.img_size, **asdict(self.parity)}
+
+
+# --------------------------------------------------------------------------- entry points
+def export_onnx(
+    checkpoint: str | os.PathLike | dict[str, Any],
+    out_dir: str | os.PathLike,
+    opset: int = MIN_OPSET,
+    img_size: int | None = None,
+    check_images: np.ndarray | None = None,
+    simplify: bool = True,
+) -> ExportResult:
+    """Export ``checkpoint`` to ``out_dir/model.onnx`` and check it against PyTorch.
+
+    ``img_size`` overrides the checkpoint's crop size (the resize size scales with it); ``check_images``
+    is a preprocessed ``(N, 3, S, S)`` float32 batch, generated when None. Raises FgcliError when ONNX
+    Runtime and PyTorch disagree by more than PARITY_ATOL or on any top-1 class.
+    """
+    if opset < MIN_OPSET:
+        raise FgcliError(f"opset {opset} is too old for fgcli models", hint=f"use --opset {MIN_OPSET} or newer")
+    ckpt, model = load_eval_model(checkpoint)
+    preprocess = export_preprocess(ckpt, img_size)
+    images = validated_check_images(check_images, preprocess.img_size)
+    proto = trace_to_onnx(model, preprocess.img_size, opset)
+    if simplify:
+        proto = simplify_onnx(proto)
+    set_onnx_metadata(proto, checkpoint_metadata(ckpt, preprocess))
+    check_onnx(proto, "the exported graph")
+    path = Path(out_dir) / "model.onnx"
+    parity = save_checked_onnx(proto, path, images, torch_logits(model, images), PARITY_ATOL, "PyTorch",
+                               strict_top1=True)
+    return ExportResult(path=path, opset=opset, img_size=preprocess.img_size, parity=parity)
+
+
+def export_fp16(
+    onnx_path: str | os.PathLike,
+    out_path: str | os.PathLike | None = None,
+    keep_io_fp32: bool = True,
+    check_images: np.ndarray | None = None,
+) -> ExportResult:
+    """Convert an FP32 fgcli ONNX to FP16 (default: beside it as model.fp16.onnx) and check it on ORT CPU.
+
+    Every float tensor, weight and Cast(to=float) becomes float16, so a strongly typed TensorRT build
+    runs it in FP16 as written; ops the converter keeps in FP32 (Min, Max, CumSum, TopK, Range: TASN's
+    sampler) get explicit Casts around them. ``keep_io_fp32`` keeps the ``images`` input and ``logits``
+    output float32 so callers feed the same arrays as to the FP32 model. Raises FgcliError when the FP16
+    logits differ from FP32 by more than FP16_RTOL x max(1, max |FP32 logit|).
+    """
+    onnx_path = Path(onnx_path)
+    out_path = Path(out_path) if out_path is not None else onnx_path.with_name("model.fp16.onnx")
+    proto = load_onnx(onnx_path)
+    meta = decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, onnx_path)
+    if meta["precision"] != "fp32":
+        raise FgcliError(f"{onnx_path} is already {meta['precision']}", hint="convert the FP32 model.onnx")
+    proto = convert_to_fp16(proto, keep_io_fp32)
+    set_onnx_metadata(proto, {**meta, "precision": "fp16"})
+    check_onnx(proto, f"the FP16 conversion of {onnx_path}")
+    img_size = meta["preprocess"]["img_size"]
+    images = validated_check_images(check_images, img_size)
+    reference = onnxruntime_logits(onnx_path, images)
+    tolerance = FP16_RTOL * max(1.0, float(np.abs(reference).max()))
+    parity = save_checked_onnx(proto, out_path, images, reference, tolerance, f"the FP32 model {onnx_path.name}",
+                               strict_top1=False)
+    return ExportResult(path=out_path, opset=_opset_of(proto), img_size=img_size, parity=parity)
+
+
+def convert_to_fp16(proto, keep_io_fp32: bool):
+    """ONNX Runtime's float16 converter (``onnxruntime.transformers``, shipped in every onnxruntime wheel).
+
+    Chosen over onnxconverter-common 1.16, whose converter leaves the graph's own Cast(to=float) nodes
+    in float32 (TASN then fails onnx.checker with mixed-type inputs); ORT's fork rewrites them, and its
+    OnnxModel wrapper drops the redundant casts. The converter appends nodes out of order, hence the sort.
+    """
+    try:
+        from onnxruntime.transformers.onnx_model import OnnxModel
+    except ImportError as exc:
+        raise MissingDependencyError("onnxruntime", "onnx", "FP16 export") from exc
+    model = OnnxModel(proto)
+    model.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=keep_io_fp32)
+    model.topological_sort()
+    return model.model
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Decoded fgcli metadata of an ONNX file: class_names, preprocess, method, backbone, precision, version."""
+    proto = load_onnx(path, load_external_data=False)
+    return decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def load_onnx(path: str | os.PathLike, load_external_data: bool = True):
+    """onnx.load with errors that name the file."""
+    onnx = optional_import("onnx", "onnx", "Reading ONNX models")
+    path = Path(path)
+    if not path.is_file():
+        raise FgcliError(f"ONNX model not found: {path}", hint="`fgcli export CHECKPOINT` writes DIR/model.onnx")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise FgcliError(f"cannot read {path} as ONNX: {exc}", hint="re-export it with `fgcli export`") from exc
+
+
+# --------------------------------------------------------------------------- steps
+def load_eval_model(checkpoint: str | os.PathLike | dict[str, Any]):
+    """(checkpoint dict, eval-mode model on CPU) from a path or an already-loaded checkpoint."""
+    from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    return ckpt, model_from_checkpoint(ckpt).cpu().eval()
+
+
+def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessConfig:
+    """The checkpoint's preprocessing, with the crop changed to ``img_size`` and the resize scaled alike."""
+    trained = PreprocessConfig.from_dict(ckpt["preprocess"])
+    if img_size is None or img_size == trained.img_size:
+        return trained
+    resize_size = int(img_size * trained.resize_size / trained.img_size + 0.5)
+    return PreprocessConfig(img_size, resize_size, trained.mean, trained.std)
+
+
+def checkpoint_metadata(ckpt: dict[str, Any], preprocess: PreprocessConfig) -> dict[str, Any]:
+    """The decoded fgcli metadata of an FP32 export of ``ckpt``."""
+    return {
+        "method": ckpt["method"], "backbone": ckpt["backbone"], "class_names": list(ckpt["class_names"]),
+        "preprocess": preprocess.to_dict(), "version": fgcli.__version__, "precision": "fp32",
+    }
+
+
+def trace_to_onnx(model, img_size: int, opset: int):
+    """TorchScript-trace the eval graph: input ``images`` (B,3,S,S) float32, output ``logits``, dynamic B."""
+    import torch
+
+    onnx = optional_import("onnx", "onnx", "ONNX export")
+    buffer = io.BytesIO()
+    example = torch.zeros(2, 3, img_size, img_size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is chosen on purpose
+        torch.onnx.export(
+            model, (example,), buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
+            input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def simplify_onnx(proto):
+    """onnxslim: constant folding, dead-node removal and shape inference (batch axis stays symbolic)."""
+    onnxslim = optional_import("onnxslim", "onnx", "Simplifying the exported ONNX graph")
+    return onnxslim.slim(proto)
+
+
+def set_onnx_metadata(proto, meta: dict[str, Any]) -> None:
+    """Replace the model's ``fgcli.*`` metadata_props with ``meta`` (decoded form); other props are kept."""
+    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("fgcli.")]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *encode_fgcli_metadata(meta).items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def check_onnx(proto, what: str) -> None:
+    """onnx.checker with shape inference; a failure is a bug in the model or the exporter, so say so."""
+    onnx = optional_import("onnx", "onnx", "ONNX validation")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise FgcliError(f"{what} is not a valid ONNX model: {exc}",
+                         hint="try --no-simplify or another --opset, and report the method that fails") from exc
+
+
+def save_checked_onnx(proto, path: Path, images: np.ndarray, reference: np.ndarray, tolerance: float,
+                      reference_name: str, strict_top1: bool) -> Parity:
+    """Write ``proto`` (weights inline) beside ``path``, run it with ONNX Runtime on ``images`` and move it
+    into place only if its logits match ``reference``: a drifting model never lands where later steps look."""
+    onnx = optional_import("onnx", "onnx", "ONNX export")
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+        parity = compare_logits(reference, onnxruntime_logits(tmp, images), tolerance)
+        require_parity(parity, path, reference_name, strict_top1)
+    return parity
+
+
+def _opset_of(proto) -> int:
+    return max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+# --------------------------------------------------------------------------- parity
+def synthetic_check_images(img_size: int, count: int = 8, seed: int = 0) -> np.ndarray:
+    """Deterministic normalised-image-like noise (N(0, 1) per pixel) for when no dataset is given."""
+    return np.random.default_rng(seed).standard_normal((count, 3, img_size, img_size)).astype(np.float32)
+
+
+def check_images_from_split(split, preprocess: PreprocessConfig, count: int = 16) -> np.ndarray:
+    """Up to ``count`` preprocessed images spread evenly over a DatasetSplit (so several classes show up);
+    unreadable files are skipped."""
+    from fgcli.data.images import BadImageError, load_rgb
+    from fgcli.data.preprocess import preprocess_eval
+
+    samples = split.samples
+    picks = [samples[i] for i in np.linspace(0, len(samples) - 1, min(count, len(samples)), dtype=int)]
+    arrays = []
+    for sample in picks:
+        try:
+            arrays.append(preprocess_eval(load_rgb(sample.path, sample.bottom_crop), preprocess))
+        except BadImageError:
+            continue
+    if not arrays:
+        raise FgcliError(f"none of the {len(picks)} images picked from {split.root} ({split.split}) could be read",
+                         hint="run fgcli data check on the dataset, or export without --data")
+    return np.stack(arrays)
+
+
+def validated_check_images(images: np.ndarray | None, img_size: int) -> np.ndarray:
+    if images is None:
+        return synthetic_check_images(img_size)
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[1:] != (3, img_size, img_size) or len(images) == 0:
+        raise FgcliError(f"check images have shape {images.shape}, expected (N, 3, {img_size}, {img_size})",
+                         hint="preprocess them with the exported img_size")
+    return images
+
+
+def _batches(images: np.ndarray) -> Sequence[np.ndarray]:
+    return [images[i:i + PARITY_BATCH] for i in range(0, len(images), PARITY_BATCH)]
+
+
+def torch_logits(model, images: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(batch)).float().numpy() for batch in _batches(images)])
+
+
+def onnxruntime_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    """Logits from ONNX Runtime on CPU: the reference platform for parity (same kernels everywhere)."""
+    from fgcli.runtime.onnx_runner import OnnxRunner
+
+    with OnnxRunner(path, device="cpu") as runner:
+        return np.concatenate([runner.run(batch) for batch in _batches(images)])
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> Parity:
+    if reference.shape != candidate.shape:
+        raise FgcliError(f"logits shapes differ: reference {reference.shape}, exported {candidate.shape}")
+    return Parity(
+        max_abs_diff=float(np.abs(reference - candidate).max()),
+        top1_agreement=float((reference.argmax(1) == candidate.argmax(1)).mean()),
+        n_images=len(reference), tolerance=float(tolerance),
+    )
+
+
+def require_parity(parity: Parity, path: Path, reference_name: str, strict_top1: bool) -> None:
+    """Raise when ``path`` drifted from its reference."""
+    bad_diff = not parity.max_abs_diff <= parity.tolerance  # NaN fails too
+    bad_top1 = strict_top1 and parity.top1_agreement < 1.0
+    if bad_diff or bad_top1:
+        raise FgcliError(
+            f"{path} does not match {reference_name}: max |logit diff| {parity.max_abs_diff:.3g} "
+            f"(allowed {parity.tolerance:.3g}), top-1 agreement {parity.top1_agreement:.1%} on "
+            f"{parity.n_images} images",
+            hint="re-export with --no-simplify or another --opset; if it persists, the model uses an op the "
+                 "exporter translates wrongly: report it with the method and backbone",
+        )

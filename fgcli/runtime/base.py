@@ -1,0 +1,54 @@
+"""The Runner interface: one ``run(images) -> logits`` over PyTorch, ONNX Runtime and TensorRT (no torch here).
+
+Evaluation, prediction and the latency report only talk to this interface, so every backend is measured
+and used the same way: the caller preprocesses with ``runner.preprocess`` and gets float32 logits back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from fgcli.data.preprocess import PreprocessConfig
+from fgcli.errors import FgcliError
+
+
+def parse_device(device: str, allowed: tuple[str, ...] = ("auto", "cpu", "cuda")) -> tuple[str, int]:
+    """``"cuda:1"`` -> ``("cuda", 1)``; ``"auto"`` / ``"cpu"`` / ``"cuda"`` -> index 0. Shared by every runner."""
+    kind, _, index = str(device).strip().lower().partition(":")
+    if kind not in allowed or (index and (not index.isdigit() or kind in ("auto", "cpu"))):
+        accepted = ", ".join(a if a in ("auto", "cpu") else f"{a}, {a}:N" for a in allowed)
+        raise FgcliError(f"unknown device '{device}'", hint=f"use one of: {accepted}")
+    return kind, int(index or 0)
+
+
+class Runner(ABC):
+    """A loaded model that maps a float32 NCHW batch to float32 ``(B, K)`` logits.
+
+    ``name`` says which backend actually runs (e.g. "onnxruntime:CPUExecutionProvider"), ``precision`` the
+    numeric format of the model ("fp32", "fp16", "int8"), ``class_names[k]`` labels logit column ``k``.
+    """
+
+    def __init__(self, *, name: str, class_names: list[str], preprocess: PreprocessConfig, precision: str):
+        self.name = name
+        self.class_names = list(class_names)
+        self.preprocess = preprocess
+        self.precision = precision
+
+    @abstractmethod
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Logits ``(B, K)`` float32 for a preprocessed ``(B, 3, S, S)`` float32 batch."""
+
+    def close(self) -> None:
+        """Release the backend's resources (sessions, device memory); the runner is unusable afterwards."""
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        classes = len(self.class_names)
+        return f"{type(self).__name__}(name={self.name!r}, precision={self.precision!r}, classes={classes})"

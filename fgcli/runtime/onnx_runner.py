@@ -1,0 +1,136 @@
+"""Run an fgcli ONNX model with ONNX Runtime (no torch, no onnx package: a Jetson needs only onnxruntime).
+
+The model carries everything needed to use it in its ``metadata_props`` (class names, preprocessing,
+precision), so ``fgcli predict model.onnx`` needs no checkpoint. The codec for those props lives here
+because this is the reader every deployment goes through; the exporter writes with the same functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fgcli.data.preprocess import PreprocessConfig
+from fgcli.errors import FgcliError
+from fgcli.runtime.base import Runner, parse_device
+from fgcli.utils import optional_import
+
+METADATA_PREFIX = "fgcli."
+#: decoded key -> is the prop value JSON (lists) rather than a plain string
+_JSON_KEYS = {"class_names", "mean", "std"}
+_INT_KEYS = {"img_size", "resize_size"}
+_PREPROCESS_KEYS = ("img_size", "resize_size", "mean", "std")
+_REQUIRED_KEYS = ("class_names", *_PREPROCESS_KEYS)
+EXPORT_HINT = "export the model with `fgcli export CHECKPOINT`, which writes the fgcli metadata"
+
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+ORT_DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def encode_fgcli_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """``{"class_names": [...], "preprocess": {...}, "method": ...}`` -> flat ``fgcli.*`` string props."""
+    flat = {key: value for key, value in meta.items() if key != "preprocess"}
+    flat.update(meta.get("preprocess", {}))
+    props = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        text = json.dumps(list(value)) if key in _JSON_KEYS else str(value)
+        props[METADATA_PREFIX + key] = text
+    return props
+
+
+def decode_fgcli_metadata(props: dict[str, str], source: str | Path) -> dict[str, Any]:
+    """The inverse of :func:`encode_fgcli_metadata`; ``source`` names the file in errors.
+
+    Returns ``class_names`` (list), ``preprocess`` (PreprocessConfig dict), ``precision`` ("fp32" when
+    absent) and every other ``fgcli.*`` prop as a string (method, backbone, version...).
+    """
+    values = {key[len(METADATA_PREFIX):]: value for key, value in props.items() if key.startswith(METADATA_PREFIX)}
+    missing = [key for key in _REQUIRED_KEYS if key not in values]
+    if missing:
+        raise FgcliError(
+            f"{source} lacks the fgcli metadata {', '.join(METADATA_PREFIX + k for k in missing)}, so its class "
+            "names or preprocessing are unknown", hint=EXPORT_HINT)
+    try:
+        decoded: dict[str, Any] = {
+            key: json.loads(value) if key in _JSON_KEYS else int(value) if key in _INT_KEYS else value
+            for key, value in values.items()
+        }
+    except ValueError as exc:
+        raise FgcliError(f"{source} has malformed fgcli metadata: {exc}", hint=EXPORT_HINT) from None
+    decoded["preprocess"] = {key: decoded.pop(key) for key in _PREPROCESS_KEYS}
+    decoded.setdefault("precision", "fp32")
+    return decoded
+
+
+def select_providers(available: list[str], device: str = "auto", providers: list[str] | None = None) -> list[str]:
+    """Execution providers to ask ONNX Runtime for, best first, CPU always last as the fallback.
+
+    ``providers`` (explicit) wins over ``device``; "auto" takes CUDA when this onnxruntime build has it,
+    "cuda" requires it, "tensorrt" asks for the TensorRT EP (then CUDA), "cpu" takes CPU only.
+    """
+    if providers:
+        unknown = [p for p in providers if p not in available]
+        if unknown:
+            raise FgcliError(f"ONNX Runtime has no {', '.join(unknown)} here",
+                             hint=f"available providers: {', '.join(available)}")
+        return list(dict.fromkeys([*providers, CPU]))
+    kind, _ = parse_device(device, allowed=ORT_DEVICES)
+    wanted = {"cpu": [], "auto": [CUDA], "cuda": [CUDA], "tensorrt": [TENSORRT, CUDA]}[kind]
+    if kind in ("cuda", "tensorrt") and wanted[0] not in available:
+        raise FgcliError(
+            f"--device {device} needs ONNX Runtime's {wanted[0]}, but this onnxruntime only has "
+            f"{', '.join(available)}", hint="pip install onnxruntime-gpu (matching your CUDA), or use --device cpu")
+    return [p for p in wanted if p in available] + [CPU]
+
+
+def _open_session(ort, path: Path, device: str, providers: list[str] | None):
+    """An InferenceSession on the chosen providers; refuses a silent CPU fallback when a GPU was asked for."""
+    chosen = select_providers(ort.get_available_providers(), device, providers)
+    kind, device_index = parse_device(device, allowed=ORT_DEVICES)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the provider in use is reported through the runner's name
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=chosen,
+            provider_options=[{"device_id": device_index} if p in (CUDA, TENSORRT) else {} for p in chosen])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid files
+        raise FgcliError(f"ONNX Runtime cannot load {path}: {exc}", hint=EXPORT_HINT) from exc
+    gpu_required = bool(providers) or kind in ("cuda", "tensorrt")
+    if gpu_required and chosen[0] != CPU and session.get_providers()[0] == CPU:
+        raise FgcliError(f"ONNX Runtime could not start {chosen[0]} for {path} (missing CUDA/cuDNN libraries?)",
+                         hint="install the CUDA and cuDNN versions your onnxruntime-gpu needs, or use --device cpu")
+    return session
+
+
+class OnnxRunner(Runner):
+    """Runner over an ONNX Runtime session; the name records the provider that actually runs the graph."""
+
+    def __init__(self, path: str | Path, device: str = "auto", providers: list[str] | None = None):
+        ort = optional_import("onnxruntime", "onnx", "Running an ONNX model")
+        self.path = Path(path)
+        self._session = _open_session(ort, self.path, device, providers)
+        active = self._session.get_providers()[0]
+        meta = decode_fgcli_metadata(self._session.get_modelmeta().custom_metadata_map, self.path)
+        super().__init__(name=f"onnxruntime:{active}", class_names=meta["class_names"],
+                         preprocess=PreprocessConfig.from_dict(meta["preprocess"]), precision=meta["precision"])
+        self.metadata = meta
+        model_input = self._session.get_inputs()[0]
+        self._input_name = model_input.name
+        self._input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+        self._chw = (3, self.preprocess.img_size, self.preprocess.img_size)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4 or tuple(images.shape[1:]) != self._chw:
+            raise FgcliError(f"{self.path.name} expects images of shape (B, {', '.join(map(str, self._chw))}), "
+                             f"got {images.shape}")
+        feed = {self._input_name: np.ascontiguousarray(images, dtype=self._input_dtype)}
+        return self._session.run(None, feed)[0].astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,47 @@
+"""Run an fgcli checkpoint with eager PyTorch: the reference every exported model is compared against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fgcli.data.preprocess import PreprocessConfig
+from fgcli.errors import FgcliError
+from fgcli.runtime.base import Runner, parse_device
+from fgcli.utils import optional_import
+
+
+def resolve_torch_device(torch, device: str):
+    """"auto" -> the first GPU when CUDA works, else CPU; "cuda[:N]" without CUDA is an error, not a fallback."""
+    kind, index = parse_device(device)
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise FgcliError(f"--device {device} asked for CUDA, but PyTorch sees no CUDA GPU",
+                         hint="use --device cpu, or install a CUDA build of PyTorch that matches the driver")
+    return torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
+
+
+class TorchRunner(Runner):
+    """Eval-mode model rebuilt from a checkpoint (a path or an already-loaded checkpoint dict)."""
+
+    def __init__(self, checkpoint: str | Path | dict[str, Any], device: str = "auto"):
+        torch = optional_import("torch", "torch", "Running a PyTorch checkpoint")
+        from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        self._torch = torch
+        self.device = resolve_torch_device(torch, device)
+        self.model = model_from_checkpoint(ckpt).to(self.device)
+        super().__init__(name=f"torch:{self.device}", class_names=ckpt["class_names"],
+                         preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]), precision="fp32")
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        batch = self._torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+        with self._torch.inference_mode():
+            return self.model(batch).float().cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None
