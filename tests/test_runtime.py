@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from test_export_onnx import CLASS_NAMES, PREPROCESS, baseline_checkpoint, exported_model, images  # noqa: F401
+from conftest import BLOCK_TORCH
 
 from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
 from fgcli.errors import FgcliError, MissingDependencyError
@@ -125,16 +126,6 @@ def test_runner_interface():
     assert parse_device("cuda:2") == ("cuda", 2) and parse_device("AUTO") == ("auto", 0)
     with pytest.raises(FgcliError, match="unknown device 'cpu:1'"):
         parse_device("cpu:1")
-
-
-BLOCK_TORCH = """
-import sys
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked for this test")
-sys.meta_path.insert(0, BlockTorch())
-"""
 
 
 def test_onnx_deployment_path_works_without_torch(exported_model, baseline_checkpoint, tmp_path):

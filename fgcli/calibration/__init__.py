@@ -96,3 +96,14 @@ def save_with_metadata(model, source_model, out_path: str | Path) -> Path:
 
 __all__ = ["QuantResult", "quantized_nodes", "save_with_metadata", "calibration_input",
            "PRECISION_KEY"]
+
+
+def finish_quantization(quantized, source, onnx_path: Path, out_path: Path, quantizer: str, calib_method: str,
+                        calibration_images: int, seconds: float, extra: dict) -> QuantResult:
+    """Refuse a model in which nothing was quantized, else save it with the source's metadata and describe it."""
+    counts, names = quantized_nodes(quantized)
+    if not names:
+        raise FgcliError(f"{quantizer} quantized no node of {onnx_path}",
+                         hint=f"the model has no Conv / Gemm / MatMul {quantizer} can quantize")
+    save_with_metadata(quantized, source, out_path)
+    return QuantResult(out_path, quantizer, calib_method, counts, names, calibration_images, seconds, extra=extra)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fgcli.calibration import QuantResult, calibration_input, quantized_nodes, save_with_metadata
+from fgcli.calibration import QuantResult, calibration_input, finish_quantization
 from fgcli.calibration.dataset import CalibrationSet
 from fgcli.errors import FgcliError
 from fgcli.export.onnx import load_onnx
@@ -103,11 +103,6 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
                                   "(`fgcli export` runs a parity check)") from exc
         seconds = time.perf_counter() - start
         quantized = onnx.load(str(work_output))
-    counts, names = quantized_nodes(quantized)
-    if not names:
-        raise FgcliError(f"modelopt quantized no node of {onnx_path}",
-                         hint="the model has no Conv / Gemm / MatMul modelopt can quantize")
-    save_with_metadata(quantized, source, out_path)
-    return QuantResult(out_path, "modelopt", calib_method, counts, names, len(calib), seconds,
-                       extra={"high_precision_dtype": high_precision, "calibration_eps": providers,
-                              "calibration_batch": batch})
+    return finish_quantization(quantized, source, onnx_path, out_path, "modelopt", calib_method, len(calib),
+                               seconds, {"high_precision_dtype": high_precision, "calibration_eps": providers,
+                               "calibration_batch": batch})

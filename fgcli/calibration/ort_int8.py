@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fgcli.calibration import QuantResult, calibration_input, quantized_nodes, save_with_metadata
+from fgcli.calibration import QuantResult, calibration_input, finish_quantization
 from fgcli.calibration.dataset import CalibrationSet
 from fgcli.errors import FgcliError
 from fgcli.export.onnx import load_onnx
@@ -73,11 +73,6 @@ def quantize_ort(onnx_path: str | Path, calib: CalibrationSet | str | Path, out_
                              ) from exc
         seconds = time.perf_counter() - start
         quantized = onnx.load(str(quantized_path))
-    counts, names = quantized_nodes(quantized)
-    if not names:
-        raise FgcliError(f"ONNX Runtime quantized no node of {onnx_path}",
-                         hint="the model has no Conv / Gemm / MatMul ONNX Runtime can quantize")
-    save_with_metadata(quantized, source, out_path)
-    return QuantResult(out_path, "onnxruntime", calib_method, counts, names, len(calib), seconds,
-                       extra={"per_channel": per_channel, "reduce_range": reduce_range,
-                              "activations": "uint8", "weights": "int8", "pre_processed": True})
+    return finish_quantization(quantized, source, onnx_path, out_path, "onnxruntime", calib_method, len(calib),
+                               seconds, {"per_channel": per_channel, "reduce_range": reduce_range,
+                               "activations": "uint8", "weights": "int8", "pre_processed": True})
