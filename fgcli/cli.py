@@ -218,7 +218,8 @@ class _TrainDisplay:
         if event == "epoch_start":
             self._reset(f"epoch {payload['epoch'] + 1}/{payload['epochs']}", payload["steps"])
         elif event == "step":
-            info = (f"loss {payload['loss']:.3f} acc {payload['acc']:.3f} "
+            terms = "".join(f" {name} {value:.3g}" for name, value in payload["terms"].items())
+            info = (f"loss {payload['loss']:.3f}{terms} acc {payload['acc']:.3f} "
                     f"{payload['images_per_s']:.0f} img/s lr {payload['lr']:.2g}")
             self.progress.update(self.task, advance=1, info=info)
         elif event == "eval_start":

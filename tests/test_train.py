@@ -121,3 +121,43 @@ def test_ddp_two_processes_on_gloo(tiny_dataset, tmp_path):
     # 24 training images split over 2 ranks of 12, batch 4: every image is seen once per epoch
     assert record["images_per_s"] > 0
     assert proc.stdout.count("epoch 1:") == 1  # only rank 0 reports
+
+
+def test_ctrl_c_saves_interrupted_checkpoint_and_keeps_last_for_resume(tiny_dataset, tmp_path):
+    steps = []
+
+    def interrupt_in_second_epoch(event, payload):
+        if event == "step":
+            steps.append(payload)
+            if len(steps) == 4:  # 3 steps per epoch: this is epoch 2
+                raise KeyboardInterrupt
+
+    result = train(tiny_train_config(tiny_dataset, tmp_path / "run", epochs=3), hook=interrupt_in_second_epoch)
+    assert result.interrupted
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    interrupted = load_checkpoint(tmp_path / "run" / "interrupted.pt")
+    assert interrupted["metrics"] == {"interrupted_in_epoch": 2}
+    assert {"loss", "acc", "terms", "images_per_s", "lr"} <= set(steps[0])
+
+
+def test_weights_file_loads_into_the_backbone_and_offline_pretrained_says_how(tmp_path, monkeypatch):
+    import torchvision
+
+    from fgcli.errors import FgcliError
+    from fgcli.models import create_model
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model("baseline", 3, backbone="resnet18", weights=str(path))
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    with pytest.raises(FgcliError, match="not a resnet50 state dict"):
+        create_model("baseline", 3, backbone="resnet50", weights=str(path))
+
+    def offline(self, progress=True, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(FgcliError) as info:
+        create_model("baseline", 3, backbone="resnet18", pretrained=True)
+    assert "--weights FILE" in str(info.value) and "download.pytorch.org" in str(info.value)

@@ -242,6 +242,7 @@ class Trainer:
             elapsed = time.perf_counter() - start
             self.hook("step", {
                 "loss": sums["loss"] / seen, "acc": correct / seen,
+                "terms": {name: sums[name] / seen for name in terms} if len(terms) > 1 else {},
                 "images_per_s": seen * self.dist.world_size / max(elapsed, 1e-9),
                 "lr": self.optimizer.param_groups[-1]["lr"],
             })
