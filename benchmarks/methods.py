@@ -121,8 +121,8 @@ def render_markdown(rows: dict, args, size: int, base_ms: float | None) -> str:
     lines = [
         "# Methods compared on the synthetic dataset",
         "",
-        f"Regenerate: `python benchmarks/methods.py --seeds {seeds}"
-        + (f" --epochs {args.epochs}" if args.epochs else "") + "` (2-core CPU, about 25 minutes per seed).",
+        f"Regenerate: `python benchmarks/methods.py --seeds {seeds} --classes {args.classes} --per-class {args.per_class}"
+        + (f" --epochs {args.epochs}" if args.epochs else "") + "` (2-core CPU, about 30 minutes per seed).",
         "",
         f"Synthetic dataset: {args.classes} classes x {args.per_class} images (seed 0); every method trained with the "
         f"`small` recipe (ResNet-18 from scratch, {size} px crops, same epochs, seeds {seeds}). Top-1 / top-5 on the "
