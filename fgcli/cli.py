@@ -14,8 +14,11 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from typer.exceptions import TyperException
 
 from fgcli.errors import FgcliError
 
@@ -32,15 +35,29 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+#: optional packages and the extra that installs each (a deployment box may lack torch, say)
+_EXTRA_OF_PACKAGE = {"torch": "torch", "torchvision": "torch", "scipy": "torch", "onnx": "onnx",
+                     "onnxruntime": "onnx", "onnxslim": "onnx", "modelopt": "quant", "matplotlib": "report"}
+
+
 def main() -> None:
     """Console-script entry point: FgcliError becomes a clear message and exit code, not a traceback."""
     try:
         app(standalone_mode=False)
     except FgcliError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+            err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(exc.exit_code)
+    except ImportError as exc:
+        missing = exc.name or ""
+        extra = _EXTRA_OF_PACKAGE.get(missing.split(".")[0])
+        if extra is None:
+            raise
+        err_console.print(f"[bold red]error:[/] this command needs the Python package '{missing}', which is not "
+                          "installed", highlight=False)
+        err_console.print(f"[yellow]hint:[/] {escape(f'pip install fgcli[{extra}]')}", highlight=False)
+        sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
@@ -48,13 +65,11 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except TyperException as exc:  # usage errors (bad option values) carry their own message and exit code
+        if not hasattr(exc, "show"):
+            raise
+        exc.show()
+        sys.exit(exc.exit_code)
 
 
 def _progress() -> Progress:
@@ -127,7 +142,7 @@ def _print_check_report(report) -> None:
     for level, items, style in (("error", report.errors, "red"), ("warning", report.warnings, "yellow"),
                                 ("info", report.infos, "cyan")):
         for item in items:
-            console.print(f"[{style}]{level}:[/] {item}", highlight=False, soft_wrap=True)
+            console.print(f"[{style}]{level}:[/] {escape(item)}", highlight=False, soft_wrap=True)
     console.print(f"{len(report.errors)} errors, {len(report.warnings)} warnings")
 
 
@@ -196,7 +211,7 @@ def run_training(cfg):
         if result.bad_images:
             console.print(f"[yellow]skipped {len(result.bad_images)} unreadable images:[/]")
             for path in result.bad_images:
-                console.print(f"  {path}", highlight=False)
+                console.print(f"  {escape(path)}", highlight=False)
         if result.interrupted:
             console.print(f"interrupted: weights so far in {result.out_dir / 'interrupted.pt'}; "
                           f"--resume continues from {result.out_dir / 'last.pt'}")
@@ -277,7 +292,7 @@ def evaluate(
         table.add_row(name, "-" if acc != acc else f"{acc:.3f}")
     console.print(table)
     for path, reason in result.bad_images.items():
-        console.print(f"[yellow]unreadable:[/] {reason}", highlight=False)
+        console.print(f"[yellow]unreadable:[/] {escape(reason)}", highlight=False)
     console.print(f"top-1 [bold]{result.top1:.4f}[/]  top-5 [bold]{result.top5:.4f}[/]")
 
 
@@ -312,7 +327,7 @@ def predict(
     else:
         console.print(f"{len(predictions) - len(failed)} images classified, {len(failed)} unreadable: [bold]{out}[/]")
         for p in failed:
-            console.print(f"[yellow]unreadable:[/] {p.error}", highlight=False)
+            console.print(f"[yellow]unreadable:[/] {escape(p.error)}", highlight=False)
 
 
 def _parse_batch(text: str) -> tuple[int, int, int]:
@@ -379,7 +394,7 @@ def _print_export_summary(summary) -> None:
         table.add_row(key, Path(path).name if path else "-", check)
     console.print(table)
     for note in summary.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 @app.command()
@@ -431,7 +446,7 @@ def calib(
                                             progress=lambda done, total: progress.update(task, completed=done, total=total))
     path = calibration.save(out)
     for note in calibration.warnings:
-        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     console.print(f"{len(calibration)} images: [bold]{path}[/]")
 
 
@@ -476,7 +491,7 @@ def demo(
         for v in result.variants:
             table.add_row(result.method, v.name, v.runner, f"{v.top1:.3f}", f"{v.top5:.3f}", f"{v.agreement_with_fp32:.3f}")
         for note in result.notes:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
+            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print(table)
     console.print(f"outputs: dataset [bold]{data}[/], runs and exports under [bold]{out / 'runs'}[/] "
                   "(best.pt, metrics.jsonl, export/model*.onnx, calib.npz, demo.json)")

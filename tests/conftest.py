@@ -59,7 +59,7 @@ import sys
 class BlockTorch:
     def find_spec(self, name, path=None, target=None):
         if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked for this test")
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked for this test)", name=name)
 sys.meta_path.insert(0, BlockTorch())
 """
 

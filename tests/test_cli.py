@@ -136,3 +136,16 @@ def test_export_int8_writes_both_int8_models_and_reports_quantized_nodes(tiny_ch
     for name in ("model.int8.onnx", "model.ort-int8.onnx"):
         evaluation = runner.invoke(app, ["eval", str(out / name), "--data", str(tiny_dataset), "--json"])
         assert evaluation.exit_code == 0 and 0 <= json.loads(evaluation.output)["top1"] <= 1
+
+
+def test_train_without_torch_names_the_extra_to_install(tiny_dataset, tmp_path):
+    from conftest import BLOCK_TORCH
+
+    script = BLOCK_TORCH + (
+        "from fgcli.cli import main\n"
+        f"sys.argv = ['fgcli', 'train', '--data', {str(tiny_dataset)!r}, '--out', {str(tmp_path / 'run')!r}]\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "fgcli[torch]" in proc.stderr and "Traceback" not in proc.stderr
