@@ -186,6 +186,9 @@ def trace_to_onnx(model, img_size: int, opset: int):
     example = torch.zeros(2, 3, img_size, img_size)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is chosen on purpose
+        # The spatial size is fixed in the graph on purpose (only the batch axis is dynamic), so the tracer's
+        # "Python value treated as a constant" warnings (TASN's sizes) are expected.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             model, (example,), buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
             input_names=["images"], output_names=["logits"],
