@@ -47,15 +47,6 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """Rank 0's decision, shared by every rank (e.g. 'stop now')."""
-    if not info.enabled:
-        return flag
-    value = torch.tensor([int(flag)])
-    dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
