@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 LossTerms = "OrderedDict[str, torch.Tensor]"
 
 
-class FGVCModel(nn.Module):
+class FGVCModel(nn.Module, ABC):
     """Base class: a backbone (pretrained part) plus method-specific new layers.
 
     Subclasses implement ``forward_train`` and ``forward_eval``; override ``loss`` when the
@@ -39,8 +40,9 @@ class FGVCModel(nn.Module):
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.forward_eval(x)}
 
-    def forward_eval(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} must implement forward_eval")
+    @abstractmethod
+    def forward_eval(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the test-time graph, ``(B, num_classes)``: the exported graph."""
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         return OrderedDict(ce=F.cross_entropy(outputs["logits"], targets))
