@@ -30,6 +30,7 @@ from fgcli.engine.config import TrainConfig
 from fgcli.engine.metrics import ClassificationMetrics
 from fgcli.errors import DataError, FgcliError
 from fgcli.models import create_model
+from fgcli.runtime.torch_runner import resolve_torch_device
 from fgcli.utils import atomic_path
 
 #: callback(event, payload) used by the CLI to drive progress bars; the loop itself prints nothing
@@ -44,14 +45,6 @@ class TrainResult:
     epochs_run: int
     bad_images: list[str]
     interrupted: bool = False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FgcliError(f"--device {name} asked for, but CUDA is not available", hint="use --device cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -82,7 +75,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, hook: ProgressHook | None = None):
         self.cfg = cfg
         self.hook = hook or (lambda event, payload: None)
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_torch_device(torch, cfg.device)
         self.dist = dist_utils.init_distributed(self.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
