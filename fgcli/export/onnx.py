@@ -23,12 +23,13 @@ from fgcli.errors import FgcliError, MissingDependencyError
 from fgcli.runtime.onnx_runner import decode_fgcli_metadata, encode_fgcli_metadata
 from fgcli.utils import atomic_path, optional_import
 
-MIN_OPSET = 17  # LayerNormalization and the opset TensorRT 8.6+ parses fully
+MIN_OPSET = 17  # adds LayerNormalization; the newest opset TensorRT 8.6's ONNX parser accepts
 PARITY_ATOL = 1e-3  # max |logit difference| allowed between ONNX Runtime (FP32) and eager PyTorch
 #: FP16 tolerance, relative to the largest FP32 |logit| (at least 1). FP16 keeps 11 significant bits
-#: (rounding ~4.9e-4 per op); compounded over a ResNet-50's ~50 layers that stays near 1e-2 of the logit
-#: scale, while a broken conversion (overflow to inf/NaN, a wrong cast) errs by the size of the logits.
-FP16_RTOL = 2e-2
+#: (rounding ~4.9e-4 per op); measured on ORT CPU (96 px, resnet18): baseline / SSANet / CLAN <= 1e-3,
+#: TASN 1.1e-2 (its attention sampler amplifies rounding). A broken conversion (overflow to inf/NaN, a
+#: wrong cast) errs by the size of the logits themselves, far above 5e-2.
+FP16_RTOL = 5e-2
 PARITY_BATCH = 16
 
 
