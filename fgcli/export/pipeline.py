@@ -88,22 +88,15 @@ def _check_images(ckpt: dict, opts: ExportOptions):
     data = opts.check_data or opts.calib_data
     if not data:
         return None
-    from fgcli.data import load_split
+    from fgcli.data import dataset_splits, detect_layout, load_split
     from fgcli.export.onnx import check_images_from_split, export_preprocess
 
     preprocess = export_preprocess(ckpt, opts.img_size)
-    split = load_split(data, "test") if _has_split(data, "test") else load_split(data, "train")
+    splits = dataset_splits(data, detect_layout(data))
+    split = load_split(data, "test") if "test" in splits else None
+    if split is None or not split.samples:
+        split = load_split(data, splits[0])
     return check_images_from_split(split, preprocess)
-
-
-def _has_split(data: str, split: str) -> bool:
-    from fgcli.data import load_split
-    from fgcli.errors import DataError
-
-    try:
-        return bool(load_split(data, split).samples)
-    except DataError:
-        return False
 
 
 def _quantize(onnx_path: Path, opts: ExportOptions, summary: ExportSummary, step) -> None:
