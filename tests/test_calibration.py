@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -203,15 +206,32 @@ def test_modelopt_ptq_writes_qdq_that_runs_on_ort_cpu(fp32_onnx, calib, tmp_path
     assert_int8_model(result, fp32_onnx, out, calib.images)
 
 
-def test_ort_int8_still_works_after_modelopt_in_the_same_process(fp32_onnx, calib, tmp_path):
-    """modelopt patches ORT's quantizer when it runs; fgcli runs it in a child process so ORT INT8 still works."""
+def test_ort_int8_still_works_after_modelopt_in_a_script_without_main_guard(fp32_onnx, calib, tmp_path):
+    """modelopt patches ORT's quantizer when it runs, so fgcli runs it in a child interpreter: ORT INT8 still
+    works afterwards in the same process, and a plain script (no ``if __name__ == "__main__"``) is not re-run."""
     pytest.importorskip("modelopt.onnx.quantization")
-    from fgcli.calibration.modelopt_ptq import quantize_modelopt
-    from fgcli.calibration.ort_int8 import quantize_ort
+    calib_file = calib.save(tmp_path / "calib.npz")
+    script = tmp_path / "quantize_both.py"
+    script.write_text(
+        "from fgcli.calibration.modelopt_ptq import quantize_modelopt\n"
+        "from fgcli.calibration.ort_int8 import quantize_ort\n"
+        f"quantize_modelopt({str(fp32_onnx)!r}, {str(calib_file)!r}, {str(tmp_path / 'model.int8.onnx')!r})\n"
+        f"result = quantize_ort({str(fp32_onnx)!r}, {str(calib_file)!r}, {str(tmp_path / 'model.ort-int8.onnx')!r})\n"
+        "print('ort quantized', result.num_quantized)\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("ort quantized") == 1 and int(run.stdout.split()[-1]) > 0
 
-    quantize_modelopt(fp32_onnx, calib, tmp_path / "model.int8.onnx")
-    result = quantize_ort(fp32_onnx, calib, tmp_path / "model.ort-int8.onnx")
-    assert result.num_quantized > 0
+
+def test_modelopt_failure_shows_the_child_log(calib, tmp_path):
+    pytest.importorskip("modelopt.onnx.quantization")
+    from fgcli.calibration.modelopt_ptq import _run_in_child
+
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"model": str(tmp_path / "missing.onnx"), "output": str(tmp_path / "out.onnx"),
+                                   "calibration_file": str(tmp_path / "missing.npy"), "input_name": "images"}))
+    with pytest.raises(RuntimeError, match=r"(?s)exit code 1: .*FileNotFoundError.*missing\.npy"):
+        _run_in_child(options)
 
 
 def test_modelopt_ptq_fp16_keeps_float32_inputs_and_outputs(fp32_onnx, calib, tmp_path):

@@ -12,10 +12,11 @@ when asked.
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 import time
 from pathlib import Path
 
@@ -49,18 +50,25 @@ def calibration_providers(device: str) -> list[str]:
 
 
 def _quantize_file(model: str, output: str, calibration_file: str, input_name: str, **options) -> None:
-    """The modelopt call itself, run in a child process (see ``_in_child_process``)."""
+    """The modelopt call itself, run in a child interpreter (see ``_run_in_child``)."""
     from modelopt.onnx.quantization import quantize
 
     quantize(model, quantize_mode="int8", calibration_data={input_name: np.load(calibration_file)},
              output_path=output, log_level="WARNING", **options)
 
 
-def _in_child_process(fn, *args, **kwargs) -> None:
-    """modelopt patches ONNX Runtime's quantization classes in place when it quantizes, after which ORT's own
-    static quantization fails in the same process; a spawned child keeps the patch away from the caller."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(fn, *args, **kwargs).result()
+def _run_in_child(options_file: Path) -> None:
+    """Run ``_quantize_file(**options)`` in a fresh interpreter.
+
+    modelopt patches ONNX Runtime's quantization classes in place when it quantizes, after which ORT's own
+    static quantization fails in the same process. A child interpreter keeps the patch away from the caller,
+    and unlike multiprocessing's spawn it does not re-import the caller's script (no ``__main__`` guard needed).
+    Its log (including modelopt's NVML complaint on GPU-less machines) is shown only when it fails.
+    """
+    child = subprocess.run([sys.executable, "-m", __name__, str(options_file)], capture_output=True, text=True)
+    if child.returncode != 0:
+        log = (child.stderr or child.stdout).strip().splitlines()
+        raise RuntimeError(f"exit code {child.returncode}: " + "\n".join(log[-15:]))
 
 
 def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path, out_path: str | Path,
@@ -92,11 +100,13 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
         try:
             calibration_file = Path(work) / "calibration.npy"
             np.save(calibration_file, calib.images)
-            _in_child_process(
-                _quantize_file, str(work_input), str(work_output), str(calibration_file), input_name,
-                calibration_method=calib_method,
-                calibration_shapes=f"{input_name}:{batch}x{'x'.join(map(str, calib.images.shape[1:]))}",
-                calibration_eps=providers, high_precision_dtype=high_precision)
+            options_file = Path(work) / "options.json"
+            options_file.write_text(json.dumps({
+                "model": str(work_input), "output": str(work_output), "calibration_file": str(calibration_file),
+                "input_name": input_name, "calibration_method": calib_method,
+                "calibration_shapes": f"{input_name}:{batch}x{'x'.join(map(str, calib.images.shape[1:]))}",
+                "calibration_eps": providers, "high_precision_dtype": high_precision}))
+            _run_in_child(options_file)
         except Exception as exc:
             raise FgcliError(f"modelopt could not quantize {onnx_path}: {type(exc).__name__}: {exc}",
                              hint="check that the model exports and runs in onnxruntime "
@@ -106,3 +116,7 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
     return finish_quantization(quantized, source, onnx_path, out_path, "modelopt", calib_method, len(calib),
                                seconds, {"high_precision_dtype": high_precision, "calibration_eps": providers,
                                "calibration_batch": batch})
+
+
+if __name__ == "__main__":  # the child interpreter of _run_in_child
+    _quantize_file(**json.loads(Path(sys.argv[1]).read_text()))
