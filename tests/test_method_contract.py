@@ -23,7 +23,8 @@ def _batch(size: int, n: int = 4, seed: int = 0):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("backbone,size", [("resnet18", 64), ("resnet50", 96)])
+# 80 px: stage grids of ceil(80 / stride) cells (layer4 3x3) that do not divide evenly
+@pytest.mark.parametrize("backbone,size", [("resnet18", 64), ("resnet18", 80), ("resnet50", 96)])
 def test_shapes_train_and_eval(method, backbone, size):
     torch.manual_seed(0)
     model = create_model(method, NUM_CLASSES, backbone=backbone)
@@ -85,7 +86,7 @@ def test_onnx_export_matches_eager(method, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = create_model(method, NUM_CLASSES, backbone="resnet18").eval()
-    x, _ = _batch(64, n=3)
+    x, _ = _batch(80, n=3)  # a side that is not a multiple of 32
     path = tmp_path / "m.onnx"
     torch.onnx.export(
         model, (x,), str(path), dynamo=False, opset_version=17,
@@ -93,7 +94,7 @@ def test_onnx_export_matches_eager(method, tmp_path):
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
     )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x2, _ = _batch(64, n=5, seed=1)  # another batch size: the batch axis is dynamic
+    x2, _ = _batch(80, n=5, seed=1)  # another batch size: the batch axis is dynamic
     for batch in (x, x2):
         with torch.no_grad():
             expected = model(batch).numpy()

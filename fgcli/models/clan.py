@@ -81,7 +81,9 @@ class CrossLayerSpatialAttention(nn.Module):
         return torch.sigmoid(self.conv(descriptor))
 
     def forward(self, mid: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(self.mask(mid), kernel_size=self.pool)
+        # ceil_mode: a ResNet stage has ceil(S / stride) cells, so a side that is not a multiple of 32 (80 px:
+        # layer2 10x10, layer4 3x3) still pools onto the top grid; the last window averages its valid cells.
+        return F.avg_pool2d(self.mask(mid), kernel_size=self.pool, ceil_mode=True)
 
 
 class CLAN(FGVCModel):
