@@ -161,3 +161,19 @@ def test_weights_file_loads_into_the_backbone_and_offline_pretrained_says_how(tm
     with pytest.raises(FgcliError) as info:
         create_model("baseline", 3, backbone="resnet18", pretrained=True)
     assert "--weights FILE" in str(info.value) and "download.pytorch.org" in str(info.value)
+
+
+def test_weights_from_an_fgcli_checkpoint_initialise_another_methods_backbone(tiny_checkpoint):
+    """Fine-tune a method from a baseline run: ``--weights RUN/best.pt`` takes that run's backbone."""
+    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.errors import FgcliError
+    from fgcli.models import create_model
+
+    trained = load_checkpoint(tiny_checkpoint)["model"]
+    model = create_model("ssanet", 3, backbone="resnet18", weights=str(tiny_checkpoint))
+    backbone = model.backbone.state_dict()
+    assert backbone.keys() == {k[len("backbone."):] for k in trained if k.startswith("backbone.")}
+    assert all(torch.equal(value, trained[f"backbone.{key}"]) for key, value in backbone.items())
+    with pytest.raises(FgcliError, match="holds a resnet18 backbone, not a resnet50") as info:
+        create_model("ssanet", 3, backbone="resnet50", weights=str(tiny_checkpoint))
+    assert "--backbone resnet18" in info.value.hint

@@ -80,6 +80,8 @@ def _load_local_weights(path: str, name: str) -> dict:
         raise FgcliError(f"could not read weights file {path}: {exc}", hint="it must be a torch state dict (.pth)") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if isinstance(state, dict) and {"method", "backbone", "model"} <= state.keys():
+        state = _fgcli_backbone_state(state, path, name)
     if not isinstance(state, dict):
         raise FgcliError(f"{path} holds a {type(state).__name__}, not a state dict")
     reference = getattr(__import__("torchvision").models, name)(weights=None).state_dict()
@@ -92,3 +94,19 @@ def _load_local_weights(path: str, name: str) -> dict:
     for key in ("fc.weight", "fc.bias"):
         state.setdefault(key, reference[key])
     return {k: state[k] for k in reference}
+
+
+def _fgcli_backbone_state(ckpt: dict, path: str, name: str) -> dict:
+    """The backbone of an fgcli checkpoint in torchvision's key names: fine-tune a method from a baseline run."""
+    if ckpt["backbone"] != name:
+        raise FgcliError(f"{path} holds a {ckpt['backbone']} backbone, not a {name}",
+                         hint=f"pass --backbone {ckpt['backbone']}, or a checkpoint trained with {name}")
+    state = {}
+    for key, value in ckpt["model"].items():
+        if key.startswith("backbone."):
+            key = key[len("backbone."):]
+            for ours, torchvision_name in (("stem.0.", "conv1."), ("stem.1.", "bn1.")):
+                if key.startswith(ours):
+                    key = torchvision_name + key[len(ours):]
+            state[key] = value
+    return state
