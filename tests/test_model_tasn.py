@@ -315,3 +315,28 @@ def test_onnx_graph_has_only_static_tensorrt_friendly_ops():
     ops = {node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node}
     assert {"CumSum", "Less", "MatMul", "Resize"} <= ops
     assert not ops & {"GridSample", "Loop", "If", "Scan", "NonZero", "TopK", "ArgMax", "ScatterND", "Unique"}
+
+
+def test_int8_quantizes_only_the_master_net_with_both_quantizers(tmp_path):
+    """The attention net steers the sampler, so both quantizers leave it (and the sampler) in float."""
+    pytest.importorskip("modelopt.onnx.quantization")
+    from fgcli.calibration.dataset import CalibrationSet
+    from fgcli.calibration.modelopt_ptq import quantize_modelopt
+    from fgcli.calibration.ort_int8 import quantize_ort
+    from fgcli.data.preprocess import PreprocessConfig
+    from fgcli.export.onnx import export_onnx, read_onnx_metadata
+
+    checkpoint = {"method": "tasn", "backbone": "resnet18", "num_classes": NUM_CLASSES,
+                  "class_names": [f"c{i}" for i in range(NUM_CLASSES)], "model_kwargs": {},
+                  "preprocess": PreprocessConfig(64, 73).to_dict(), "model": _model().state_dict()}
+    fp32 = export_onnx(checkpoint, tmp_path).path
+    assert read_onnx_metadata(fp32)["int8_nodes"] == "/backbone/.*"
+    graph_convs = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
+    calib = CalibrationSet(images=_images(64, n=16).numpy(), labels=np.zeros(16, dtype=np.int64),
+                           paths=[f"x{i}.png" for i in range(16)], preprocess=PreprocessConfig(64, 73))
+    for quantize, name in ((quantize_modelopt, "model.int8.onnx"), (quantize_ort, "model.ort-int8.onnx")):
+        result = quantize(fp32, calib, tmp_path / name)
+        convs = [n for n in result.quantized_nodes if n.endswith("Conv")]
+        assert convs and all(n.startswith("/backbone/") for n in convs), result.quantized_nodes
+        assert len(convs) == sum(n.startswith("/backbone/") for n in graph_convs) < len(graph_convs)
+        assert result.extra["int8_nodes"] == "/backbone/.*"

@@ -13,6 +13,7 @@ when asked.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fgcli.calibration import QuantResult, calibration_input, finish_quantization
+from fgcli.calibration import (QuantResult, calibration_input, finish_quantization, int8_node_pattern,
+                               softmax_weighted_nodes)
 from fgcli.calibration.dataset import CalibrationSet
 from fgcli.errors import FgcliError
 from fgcli.export.onnx import load_onnx
@@ -91,6 +93,8 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
     providers = calibration_providers(device)
     high_precision = "fp16" if fp16 else "fp32"
     batch = max(1, min(batch_size, len(calib)))
+    int8_nodes = int8_node_pattern(source)
+    float_nodes = softmax_weighted_nodes(source)
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="fgcli-modelopt-") as work:
@@ -105,7 +109,9 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
                 "model": str(work_input), "output": str(work_output), "calibration_file": str(calibration_file),
                 "input_name": input_name, "calibration_method": calib_method,
                 "calibration_shapes": f"{input_name}:{batch}x{'x'.join(map(str, calib.images.shape[1:]))}",
-                "calibration_eps": providers, "high_precision_dtype": high_precision}))
+                "calibration_eps": providers, "high_precision_dtype": high_precision,
+                "nodes_to_quantize": [int8_nodes] if int8_nodes else None,
+                "nodes_to_exclude": [re.escape(name) for name in float_nodes] or None}))
             _run_in_child(options_file)
         except Exception as exc:
             raise FgcliError(f"modelopt could not quantize {onnx_path}: {type(exc).__name__}: {exc}",
@@ -115,7 +121,8 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
         quantized = onnx.load(str(work_output))
     return finish_quantization(quantized, source, onnx_path, out_path, "modelopt", calib_method, len(calib),
                                seconds, {"high_precision_dtype": high_precision, "calibration_eps": providers,
-                               "calibration_batch": batch})
+                               "calibration_batch": batch, "int8_nodes": int8_nodes,
+                               "float_nodes": float_nodes})
 
 
 if __name__ == "__main__":  # the child interpreter of _run_in_child

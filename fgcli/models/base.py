@@ -29,6 +29,9 @@ class FGVCModel(nn.Module, ABC):
 
     #: registry name, set by ``register_model``
     method: str = ""
+    #: regex over the exported ONNX node names: only matching nodes are INT8-quantized (None: all the quantizer
+    #: supports). For parts whose small errors change *where* the model looks (TASN's attention net steers a sampler).
+    int8_nodes: str | None = None
 
     def __init__(self, num_classes: int):
         super().__init__()

@@ -39,6 +39,9 @@ Departures and choices [inf]:
   are no-ops). The multi-dilation convs use MXNet's MSRAPrelu init (Kaiming normal, a = 0.25), zero bias.
 * The sampler's inverse-CDF edge convention and its zero-attention guard (see tasn_sampler's docstring).
 
+INT8 [choice]: only the master net (``/backbone/`` nodes) is quantized; the attention net, the trilinear step
+and the sampler stay in high precision (``int8_nodes``), because INT8 there moves where the sampler looks.
+
 Training-only: attention-net classifier, part pass (detail image, random channel), part_fc, the unused shared /
 master head, distillation. The eval graph is att-net -> trilinear -> structure map -> sampler -> backbone -> head.
 """
@@ -156,6 +159,11 @@ def distillation_loss(
 
 
 class TASN(FGVCModel):
+    #: INT8 for the master net only: the attention net decides where the sampler looks, and its quantization noise
+    #: moves the sampled image (measured: modelopt INT8 of everything cost 3.7 top-1 points and 4.6 % agreement;
+    #: master-only INT8 lost none and agreed on 99.1 %, 108 synthetic test images).
+    int8_nodes = r"/backbone/.*"
+
     def __init__(
         self,
         num_classes: int,
