@@ -156,7 +156,7 @@ def train(
     dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18, resnet34, resnet50, resnet101."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from torchvision's ImageNet weights (downloads)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local torchvision ResNet state dict (offline alternative to --pretrained)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file: a torchvision ResNet state dict (the offline alternative to --pretrained) or an fgcli checkpoint, e.g. a baseline run's best.pt, to fine-tune a method from."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Crop size (divisible by 32). Default 448."),
     resize_size: Optional[int] = typer.Option(None, "--resize-size", help="Shorter side before cropping. Default 512."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
@@ -462,6 +462,95 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -
         console.print(environment_table(env))
 
 
+# --------------------------------------------------------------------------- report
+@app.command()
+def report(
+    sources: Optional[list[Path]] = typer.Argument(
+        None, metavar="SOURCE", show_default=False,
+        help="A .pt checkpoint, or an export folder (model.onnx, model.int8.onnx, ...: no PyTorch needed); "
+             "with --compare, two or more report.json files."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset: --split is evaluated and timed on, the train split calibrates INT8."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/report beside the checkpoint, EXPORT_DIR/report for a folder, the current folder with --compare)."),
+    formats: str = typer.Option("all", "--formats", help="all, a group (torch, onnx, trt) or comma-separated variant names, e.g. onnx-fp32,onnx-int8-ort,trt-int8."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Throughput at each; the largest is also the evaluation batch and the TensorRT profile's maximum."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N. TensorRT and torch FP16 / BF16 need a GPU."),
+    iterations: int = typer.Option(100, "--iterations", min=1, help="Timed single-image calls per variant (p50 / p90 / p99); each larger batch runs iterations / batch calls, at least 3."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed calls per variant before each batch size is timed."),
+    calib_size: int = typer.Option(512, "--calib-size", min=1, help="INT8 calibration images from the train split of --data (warns below 300)."),
+    split: str = typer.Option("test", "--split", help="The split every variant is evaluated on."),
+    dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
+    compare: bool = typer.Option(False, "--compare", help="Put report.json files from several machines or methods into one table and plot (compare.md / .json / .png)."),
+) -> None:
+    """Accuracy and speed of every variant of a model on this machine, side by side, in one run.
+
+    Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort, trt-fp32 / -fp16 / -int8.
+    From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint).
+    TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
+
+    Per variant: file size, top-1 / top-5, change and agreement against FP32, the classes that lost most,
+    latency p50 / p90 / p99 at batch 1, throughput per batch size, build / calibration time.
+    Timing is interleaved across variants, so the ratios to FP32 hold on a busy machine.
+    Writes OUT/report.md (table), OUT/report.json (schema fgcli.report/1) and OUT/report.png (plots).
+
+    fgcli report runs/base/best.pt --data data/synth
+    fgcli report export/ --data data/synth --device cuda      (a copied export folder, e.g. on a Jetson)
+    fgcli report --compare ws/report.json orin/report.json --out compare/
+    """
+    if compare:
+        _compare_reports(sources or [], out or Path("."))
+        return
+    if not sources or len(sources) != 1:
+        raise FgcliError(f"fgcli report takes one checkpoint or export folder, got {len(sources or [])}",
+                         hint="fgcli report RUN/best.pt --data DATASET; several report.json files go with --compare")
+    if data is None:
+        raise FgcliError("--data is missing: the dataset the variants are evaluated on",
+                         hint=f"fgcli report {sources[0]} --data DATASET")
+    source = sources[0]
+    _report(source, data, out or (source.parent if source.is_file() else source) / "report", formats=formats,
+            batch_sizes=batch_sizes, device=device, iterations=iterations, warmup=warmup, calib_size=calib_size,
+            split=split, layout=dataset)
+
+
+def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:
+    """Build and write a report with progress on screen, then print its table; returns the report."""
+    from fgcli.report import ReportHooks, build_report, write_report
+    from fgcli.report.plots import require_matplotlib
+    from fgcli.report.render import rich_report_table
+
+    require_matplotlib()  # fail now, not after minutes of measuring
+    hooks = ReportHooks(step=lambda message: console.print(f"[dim]{escape(message)}[/]", highlight=False),
+                        task=_task, planned=_print_variant_plan)
+    result = build_report(source, data, out_dir, hooks=hooks, **options)
+    paths = write_report(result, out_dir)
+    console.print(rich_report_table(result))
+    for variant in result["variants"]:
+        if not variant["available"]:
+            console.print(f"[yellow]not run:[/] {variant['name']}: {escape(variant['reason'])}", highlight=False)
+    console.print(f"reference {result['reference']}; wrote [bold]{paths['md']}[/], {paths['json'].name}, {paths['png'].name}")
+    return result
+
+
+def _print_variant_plan(variants) -> None:
+    table = Table(title="variants")
+    for column in ("variant", "file", "runs here"):
+        table.add_column(column)
+    for v in variants:
+        table.add_row(v.name, v.path.name if v.path else "-", "yes" if v.available else f"no: {escape(v.reason)}")
+    console.print(table)
+
+
+def _compare_reports(paths: list[Path], out_dir: Path) -> None:
+    from fgcli.report import compare_reports, write_comparison
+    from fgcli.report.compare import rich_comparison_table
+
+    comparison = compare_reports(paths)
+    written = write_comparison(comparison, out_dir)
+    console.print(rich_comparison_table(comparison))
+    for note in comparison["notes"]:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    console.print(f"wrote [bold]{written['md']}[/], {written['json'].name}, {written['png'].name}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("fgcli-demo"), "--out", help="Where the dataset, runs and exports go."),
@@ -469,32 +558,63 @@ def demo(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the small recipe's."),
     seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:
-    """The whole pipeline on the synthetic dataset: generate, train, evaluate, export, quantize, compare."""
-    from fgcli.demo import DEMO_CLASSES, DEMO_PER_CLASS, demo_config, ensure_synthetic, export_and_evaluate
+    """The whole pipeline on the synthetic dataset: generate, train, then fgcli report (export, quantize, evaluate
+    and time every variant). With --method all, the reports of the six methods end in one comparison."""
+    from fgcli.demo import DEMO_CLASSES, DEMO_PER_CLASS, DEMO_REPORT_OPTIONS, demo_config, ensure_synthetic
     from fgcli.models import list_models
 
     methods = list_models() if method == "all" else [method]
     data = out / "data"
     with _task("synthetic dataset", DEMO_CLASSES * DEMO_PER_CLASS) as advance:
         ensure_synthetic(data, DEMO_CLASSES, DEMO_PER_CLASS, progress=advance)
-    results = []
+    reports = []
     for name in methods:
         console.rule(f"[bold]{name}")
         cfg = demo_config(name, data, out, epochs=epochs, seed=seed)
-        run_training(cfg)
-        with console.status("exporting") as status:
-            results.append(export_and_evaluate(Path(cfg.out), data, step=status.update))
-    table = Table(title=f"test split of {data} ({DEMO_CLASSES} classes)")
-    for column in ("method", "variant", "runner", "top-1", "top-5", "agreement with fp32"):
-        table.add_column(column)
-    for result in results:
-        for v in result.variants:
-            table.add_row(result.method, v.name, v.runner, f"{v.top1:.3f}", f"{v.top5:.3f}", f"{v.agreement_with_fp32:.3f}")
-        for note in result.notes:
-            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    console.print(table)
-    console.print(f"outputs: dataset [bold]{data}[/], runs and exports under [bold]{out / 'runs'}[/] "
-                  "(best.pt, metrics.jsonl, export/model*.onnx, calib.npz, demo.json)")
+        if run_training(cfg).interrupted:
+            raise typer.Exit(130)  # Ctrl-C during training stops the demo, not only the epoch
+        report_dir = Path(cfg.out) / "report"
+        _report(Path(cfg.out) / "best.pt", data, report_dir, **DEMO_REPORT_OPTIONS)
+        reports.append(report_dir / "report.json")
+    if len(reports) > 1:
+        console.rule("[bold]all methods")
+        _compare_reports(reports, out)
+    console.print(f"outputs: dataset [bold]{data}[/], runs under [bold]{out / 'runs'}[/] (best.pt, metrics.jsonl, "
+                  "report/report.md, report.json, report.png, report/export/model*.onnx)")
+
+
+@app.command("cam")
+def cam(
+    checkpoint: Path = typer.Argument(..., metavar="CKPT", help="The .pt checkpoint written by fgcli train (RUN/best.pt)."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files and/or folders (a folder gives --limit "
+                                                                      "images spread evenly over its sorted files, so several classes)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/cam beside the checkpoint)."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Classes (with probabilities) in each caption."),
+    limit: int = typer.Option(8, "--limit", min=1, help="Images taken from each folder argument."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda."),
+) -> None:
+    """Where the model looks: per image a PNG with the input, the method's own attention maps and the Grad-CAM of its prediction, captioned with the top-k classes; plus OUT/cam_grid.png with one row per image.
+
+    Each overlay is scaled to its own min-max (bright = high) and its raw range is printed under it, so a nearly flat mask is not mistaken for a sharp one. The caption is green when the top-1 class matches the image's folder name, red when not. TASN also shows its structure- and detail-sampled images.
+
+    Needs the PyTorch checkpoint: exported .onnx / .engine models only give logits. Unreadable images are listed and skipped; the exit code is then 1.
+
+    fgcli cam runs/base/best.pt data/synth/images --limit 6
+    """
+    from fgcli.report.cam import collect_images, require_checkpoint_path, write_cam_figures
+
+    require_checkpoint_path(checkpoint)
+    paths = collect_images(images, limit=limit)
+    out_dir = out or checkpoint.parent / "cam"
+    with _task("drawing attention maps", len(paths)) as advance:
+        result = write_cam_figures(checkpoint, paths, out_dir, top_k=top_k, device=device, progress=advance)
+    if result.grid:
+        console.print(f"{len(result.figures)} figures in [bold]{out_dir}[/] (one per image), "
+                      f"all images in [bold]{result.grid}[/]")
+    for reason in result.failed.values():
+        console.print(f"[yellow]unreadable:[/] {escape(reason)}", highlight=False)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 @app.command("models")

@@ -1,0 +1,166 @@
+"""The files a report measures: exported from the checkpoint when missing, reused only when provably current.
+
+From a checkpoint, the report exports into its own folder (OUT/export) with ``export_all`` and records in
+``source.json`` the checkpoint's sha256 and the calibration settings. A later report reuses those files only
+when the record matches; otherwise every file the report made there is removed and exported again, so a
+report never measures a model made from another checkpoint. TensorRT engines are built beside the ONNX they
+come from (also in a given export folder: engines must be built on the machine that runs them) and reused
+only while their sidecar names the same ONNX sha256, TensorRT version and GPU, with a batch profile large
+enough for the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from fgcli.errors import FgcliError
+from fgcli.report.variants import ENGINE_SOURCES, ONNX_FILES, TENSORRT, Variant
+from fgcli.runtime.base import parse_device
+from fgcli.utils import write_json_atomic
+
+SOURCE_RECORD = "source.json"
+#: files built from model.onnx: stale as soon as model.onnx is rewritten
+DERIVED_FILES = ("model.fp16.onnx", "model.fp32.engine", "model.fp16.engine", "model.int8.engine",
+                 "model.fp32.engine.json", "model.fp16.engine.json", "model.int8.engine.json")
+#: every file the report writes into its export folder (timing.cache is kept: it belongs to the GPU)
+EXPORT_FILES = (*ONNX_FILES.values(), "calib.npz", "export.json", *DERIVED_FILES, SOURCE_RECORD)
+
+
+def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant], data: Path, calib_size: int,
+                      step: Callable[[str], None]) -> list[str]:
+    """Export the ONNX files the runnable ``variants`` need into ``export_dir`` (or reuse current ones) and
+    set each ONNX variant's path and export / calibration seconds. Returns notes for the report."""
+    from fgcli.export.pipeline import ExportOptions, export_all
+    from fgcli.export.tensorrt import _sha256 as sha256_file
+
+    needed = _needed_onnx(variants)
+    if not needed:
+        return []
+    notes = []
+    record = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
+              "calib_data": str(Path(data).resolve()), "calib_size": calib_size}
+    previous = _read_json(export_dir / SOURCE_RECORD)
+    if not _same_source(previous, record):
+        removed = _remove(export_dir, EXPORT_FILES)
+        if removed:
+            why = ("another checkpoint or other calibration settings" if previous
+                   else f"an unknown source (no {SOURCE_RECORD})")
+            notes.append(f"{export_dir} held files made from {why}: removed {', '.join(removed)} and exported again")
+    artifacts = read_export_record(export_dir)
+    missing = [key for key in needed if key not in artifacts or not (export_dir / ONNX_FILES[key]).is_file()]
+    if missing:
+        _remove(export_dir, DERIVED_FILES)
+        options = ExportOptions(out_dir=export_dir, calib_data=str(data), calib_size=calib_size, check_data=str(data))
+        backends = [b for b, key in (("modelopt", "onnx-int8-modelopt"), ("ort", "onnx-int8-ort")) if key in needed]
+        if backends:
+            options.int8, options.int8_backend = True, "both" if len(backends) == 2 else backends[0]
+        summary = export_all(checkpoint, options, step=step)
+        write_json_atomic(export_dir / SOURCE_RECORD, record)
+        artifacts = summary.artifacts
+        notes.extend(summary.notes)
+    else:
+        step(f"reusing the ONNX files in {export_dir} (made from the same checkpoint)")
+    for variant in variants:
+        if variant.name in ONNX_FILES and variant.available:
+            attach_onnx_artifact(variant, export_dir, artifacts)
+    return notes
+
+
+def attach_onnx_artifact(variant: Variant, export_dir: Path, artifacts: dict[str, Any]) -> None:
+    """Path of an ONNX variant, and from export.json (when it has the entry) how long making it took."""
+    variant.path = export_dir / ONNX_FILES[variant.name]
+    info = artifacts.get(variant.name, {})
+    if variant.name == "onnx-fp32":
+        variant.build_seconds = info.get("seconds")
+    else:
+        variant.calib_seconds = info.get("calibration_seconds")
+
+
+def read_export_record(export_dir: Path) -> dict[str, Any]:
+    """The artifacts of ``export_dir/export.json`` ({} when the folder has none)."""
+    return _read_json(export_dir / "export.json").get("artifacts", {})
+
+
+def prepare_engines(export_dir: Path, variants: list[Variant], max_batch: int, device: str,
+                    step: Callable[[str], None]) -> None:
+    """Build (or reuse) the engine of every runnable TensorRT variant; a build TensorRT refuses makes that
+    variant unavailable with TensorRT's message, since engine support differs per TensorRT version and GPU."""
+    from fgcli.export.onnx import export_fp16
+    from fgcli.export.tensorrt import build_engine, default_engine_path
+
+    int8_calibration = read_export_record(export_dir).get("onnx-int8-modelopt", {}).get("calibration_seconds")
+    for variant in variants:
+        if variant.backend != TENSORRT or not variant.available:
+            continue
+        source = export_dir / ENGINE_SOURCES[variant.name]
+        engine = default_engine_path(source, variant.precision)
+        try:
+            if variant.name == "trt-fp16" and not source.is_file():
+                step("converting model.onnx to FP16 for the TensorRT FP16 engine")
+                export_fp16(export_dir / "model.onnx", source)
+            if not engine_is_current(engine, source, max_batch, gpu=parse_device(device)[1]):
+                step(f"building {engine.name} with TensorRT (minutes on a Jetson)")
+                build_engine(source, engine, precision=variant.precision, batch=(1, max_batch, max_batch),
+                             timing_cache=export_dir / "timing.cache")
+        except FgcliError as exc:
+            variant.refuse(f"TensorRT could not build {engine.name}: {exc.message}")
+            continue
+        variant.path = engine
+        variant.build_seconds = _read_json(engine.with_name(engine.name + ".json")).get("build_seconds")
+        if variant.precision == "int8":
+            variant.calib_seconds = int8_calibration
+
+
+def engine_is_current(engine: Path, source: Path, max_batch: int, gpu: int = 0) -> bool:
+    """Whether ``engine`` was built from this very ``source`` ONNX, by this TensorRT for GPU ``gpu``'s
+    generation, with a batch profile reaching ``max_batch``."""
+    from fgcli.export.tensorrt import _sha256 as sha256_file
+    from fgcli.runtime.tensorrt_runner import check_engine_compatible, cuda_device_info, import_tensorrt, read_sidecar
+
+    if not engine.is_file():
+        return False
+    try:
+        sidecar = read_sidecar(engine)
+        trt = import_tensorrt("Checking a TensorRT engine")
+        check_engine_compatible(engine, sidecar, str(trt.__version__), cuda_device_info(gpu))
+    except FgcliError:
+        return False
+    return (sidecar["onnx"].get("sha256") == sha256_file(source)
+            and sidecar.get("profile", {}).get("max", [0])[0] >= max_batch)
+
+
+def _needed_onnx(variants: list[Variant]) -> list[str]:
+    """The export_all artifacts the runnable variants depend on (every engine starts from an ONNX)."""
+    runnable = {v.name for v in variants if v.available}
+    needed = []
+    if runnable - {"torch-fp32", "torch-fp16", "torch-bf16"}:
+        needed.append("onnx-fp32")
+    if runnable & {"onnx-int8-modelopt", "trt-int8"}:
+        needed.append("onnx-int8-modelopt")
+    if "onnx-int8-ort" in runnable:
+        needed.append("onnx-int8-ort")
+    return needed
+
+
+def _same_source(previous: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Same checkpoint bytes and calibration settings (the checkpoint may have moved)."""
+    return all(previous.get(key) == record[key] for key in ("sha256", "calib_data", "calib_size"))
+
+
+def _remove(folder: Path, names: tuple[str, ...]) -> list[str]:
+    removed = [name for name in names if (folder / name).is_file()]
+    for name in removed:
+        (folder / name).unlink()
+    return removed
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """``{}`` for a missing file; an unreadable one is an error naming it (it would otherwise look stale)."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FgcliError(f"cannot read {path}: {exc}", hint=f"delete {path}; the report writes it again") from exc

@@ -1,0 +1,306 @@
+"""``build_report``: every variant of one model evaluated and timed on the same split in one run.
+
+The report is a JSON-ready dict (schema ``fgcli.report/1``, see ``docs/architecture.md``) so the CLI, the
+markdown / PNG writers and ``--compare`` all read the same thing. Numbers are finite or null, never NaN.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Sequence
+
+import numpy as np
+
+import fgcli
+from fgcli.data import load_split
+from fgcli.engine.batches import iter_image_batches
+from fgcli.engine.evaluate import evaluate_runner
+from fgcli.errors import FgcliError
+from fgcli.report.artifacts import attach_onnx_artifact, export_for_report, prepare_engines, read_export_record
+from fgcli.report.timing import throughput_rounds, time_interleaved, timed_calls
+from fgcli.report.variants import (
+    ONNX_FILES, REFERENCE_CANDIDATES, TENSORRT, TORCH, Variant, parse_formats, plan_variants,
+)
+from fgcli.runtime import open_runner
+from fgcli.runtime.doctor import collect_environment
+from fgcli.utils import optional_import, write_json_atomic, write_text_atomic
+
+SCHEMA = "fgcli.report/1"
+#: classes listed per variant under "the classes that lost most"
+WORST_CLASSES = 5
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_ITERATIONS = 100
+DEFAULT_WARMUP = 10
+
+
+def _ignore(*args) -> None:
+    """The default hook: nobody is watching."""
+
+
+@contextmanager
+def _no_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    yield _ignore
+
+
+@dataclass
+class ReportHooks:
+    """How ``build_report`` shows what it does; the CLI draws these with rich.
+
+    ``step(message)``: one line per export / build step. ``task(description, total)``: a context manager
+    yielding ``advance(n)``, for progress bars. ``planned(variants)``: the variant list once it is known which
+    can run here and which cannot (with the reason).
+    """
+
+    step: Callable[[str], None] = _ignore
+    task: Callable[[str, int], ContextManager[Callable[[int], None]]] = _no_progress
+    planned: Callable[[list[Variant]], None] = _ignore
+
+
+def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
+    """``"1,8,32"`` (or a sequence) -> sorted distinct positive batch sizes."""
+    try:
+        sizes = [int(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise FgcliError(f"--batch-sizes '{text}' is not a list of positive integers", hint="e.g. --batch-sizes 1,8,32")
+    return sorted(set(sizes))
+
+
+def build_report(
+    source: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    formats: str | Sequence[str] | None = None,
+    batch_sizes: str | Sequence[int] = DEFAULT_BATCH_SIZES,
+    device: str = "auto",
+    iterations: int = DEFAULT_ITERATIONS,
+    warmup: int = DEFAULT_WARMUP,
+    calib_size: int = 512,
+    split: str = "test",
+    layout: str = "auto",
+    hooks: ReportHooks | None = None,
+) -> dict[str, Any]:
+    """Evaluate and time every variant of a model on ``split`` of ``data``; returns the report dict.
+
+    ``source``: a .pt checkpoint (the ONNX / INT8 / TensorRT files missing from ``out_dir/export`` are made
+    there; files made from another checkpoint are replaced) or an export folder (its files are measured,
+    torch is not needed, TensorRT engines are built beside the ONNX when TensorRT is here).
+    ``formats``: "all" / None, or variant names and groups (torch, onnx, trt), see ``VARIANT_NAMES``.
+    ``batch_sizes``: throughput is measured at each; the largest is also the evaluation batch and the
+    TensorRT profile's maximum. ``iterations`` timed single-image calls per variant (after ``warmup``),
+    interleaved across variants. ``calib_size``: INT8 calibration images from the train split of ``data``.
+    ``device``: auto, cpu, cuda or cuda:N. Write the files with ``write_report(report, out_dir)``.
+    """
+    hooks = hooks or ReportHooks()
+    source, data, out_dir = Path(source), Path(data), Path(out_dir)
+    batch_sizes = parse_batch_sizes(batch_sizes)
+    if iterations < 1 or warmup < 0 or calib_size < 1:
+        raise FgcliError(f"iterations ({iterations}) and calib_size ({calib_size}) must be >= 1, "
+                         f"warmup ({warmup}) >= 0")
+    names = parse_formats(formats)
+    data_split = load_split(data, split, layout)
+    if not data_split.samples:
+        raise FgcliError(f"the {split} split of {data} has no images", hint="pick another --split")
+    checkpoint, export_dir = _read_source(source, out_dir)
+    variants = plan_variants(names, checkpoint=checkpoint is not None, export_dir=export_dir, device=device)
+    notes = _prepare_files(source, checkpoint, export_dir, variants, data, calib_size, batch_sizes[-1], device, hooks)
+
+    with ExitStack() as stack:
+        runners = {}
+        for variant in variants:
+            runner = _open(variant, checkpoint, device) if variant.available else None
+            if runner is not None:
+                runners[variant.name] = stack.enter_context(runner)
+        hooks.planned(variants)
+        reference = _reference(variants, runners)
+        evaluations = {}
+        for name, runner in runners.items():
+            with hooks.task(f"evaluating {name}", len(data_split.samples)) as advance:
+                evaluations[name] = evaluate_runner(runner, data_split, batch_size=batch_sizes[-1], progress=advance)
+        images = _timing_images(data_split, runners[reference].preprocess, batch_sizes[-1])
+        with hooks.task("timing, interleaved", timed_calls(len(runners), batch_sizes, iterations, warmup)) as advance:
+            timings = time_interleaved(runners, images, batch_sizes, iterations, warmup, progress=advance)
+        runner_names = {name: runner.name for name, runner in runners.items()}
+        model = _model_info(checkpoint, runners[reference])
+
+    ref_eval = evaluations[reference]
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fgcli_version": fgcli.__version__,
+        "source": {"kind": "checkpoint" if checkpoint is not None else "export", "path": str(source),
+                   "export_dir": str(export_dir)},
+        "model": model,
+        "dataset": {"root": str(data), "layout": data_split.layout, "split": split, "images": ref_eval.count,
+                    "unreadable": sorted(ref_eval.bad_images)},
+        "reference": reference,
+        "device": device,
+        "batch_sizes": batch_sizes,
+        "timing": {"warmup": warmup, "iterations": iterations, "interleaved": True,
+                   "throughput_rounds": {str(b): iterations if b == 1 else throughput_rounds(b, iterations)
+                                         for b in batch_sizes}},
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
+        "environment": collect_environment(),
+        "variants": [_variant_row(v, runner_names, evaluations, timings, reference, checkpoint) for v in variants],
+        "notes": notes,
+    }
+
+
+def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
+    """(the loaded checkpoint, OUT/export) for a .pt file; (None, the folder) for an export folder."""
+    if source.is_file() and source.suffix == ".pt":
+        optional_import("torch", "torch", "A report on a PyTorch checkpoint (it exports the ONNX models)")
+        from fgcli.engine.checkpoint import load_checkpoint
+
+        return load_checkpoint(source), out_dir / "export"
+    if source.is_dir():
+        return None, source
+    raise FgcliError(f"cannot report on {source}: it is neither a .pt checkpoint nor an export folder",
+                     hint="pass RUN/best.pt (written by fgcli train) or a folder written by fgcli export")
+
+
+def _prepare_files(source: Path, checkpoint: dict | None, export_dir: Path, variants: list[Variant], data: Path,
+                   calib_size: int, max_batch: int, device: str, hooks: ReportHooks) -> list[str]:
+    """Give every runnable variant its file: export from the checkpoint, or take the folder's; build engines."""
+    notes = []
+    if checkpoint is not None:
+        notes = export_for_report(source, export_dir, variants, data, calib_size, hooks.step)
+        for variant in variants:
+            if variant.backend == TORCH and variant.available:
+                variant.path = source
+    else:
+        artifacts = read_export_record(export_dir)
+        for variant in variants:
+            if variant.name in ONNX_FILES and variant.available:
+                attach_onnx_artifact(variant, export_dir, artifacts)
+    if any(v.backend == TENSORRT and v.available for v in variants):
+        prepare_engines(export_dir, variants, max_batch, device, hooks.step)
+    return notes
+
+
+def _open(variant: Variant, checkpoint: dict | None, device: str):
+    """The variant's runner, or None after marking it unavailable with the runtime's own reason."""
+    try:
+        if variant.backend == TORCH:
+            from fgcli.runtime.torch_runner import TorchRunner
+
+            autocast = None if variant.precision == "fp32" else variant.precision
+            return TorchRunner(checkpoint, device=device, autocast=autocast)
+        return open_runner(variant.path, device=device)
+    except FgcliError as exc:
+        variant.refuse(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
+        return None
+
+
+def _reference(variants: list[Variant], runners: dict) -> str:
+    """torch-fp32 when it runs, else onnx-fp32; the report is meaningless without one."""
+    reference = next((name for name in REFERENCE_CANDIDATES if name in runners), None)
+    if reference is None:
+        reasons = "; ".join(f"{v.name}: {v.reason}" for v in variants if v.name in REFERENCE_CANDIDATES)
+        raise FgcliError(f"no FP32 reference could run here ({reasons})",
+                         hint="the report compares every variant with torch-fp32 or onnx-fp32; install what the "
+                              "reason names, or use --device cpu")
+    return reference
+
+
+def _timing_images(data_split, preprocess, count: int) -> np.ndarray:
+    """``count`` preprocessed test images (repeated when the split is smaller): what the timed calls run on."""
+    paths = [s.path for s in data_split.samples]
+    crops = [s.bottom_crop for s in data_split.samples]
+    arrays = []
+    for batch in iter_image_batches(paths, preprocess, count, bottom_crops=crops):
+        arrays.append(batch.images)
+        if sum(len(a) for a in arrays) >= count:
+            break
+    images = np.concatenate(arrays)
+    return np.concatenate([images] * -(-count // len(images)))[:count]
+
+
+def _model_info(checkpoint: dict | None, reference_runner) -> dict[str, Any]:
+    meta = checkpoint if checkpoint is not None else getattr(reference_runner, "metadata", {})
+    return {"method": meta.get("method"), "backbone": meta.get("backbone"),
+            "classes": len(reference_runner.class_names), "img_size": reference_runner.preprocess.img_size}
+
+
+def _variant_row(variant: Variant, runner_names: dict, evaluations: dict, timings: dict, reference: str,
+                 checkpoint: dict | None) -> dict[str, Any]:
+    """One entry of ``variants``: every column, null where it does not apply (not run, not recorded)."""
+    row: dict[str, Any] = {
+        "name": variant.name, "backend": variant.backend, "precision": variant.precision,
+        "runner": runner_names.get(variant.name), "path": str(variant.path) if variant.path else None,
+        "file_mb": _size_mb(variant, checkpoint), "available": variant.name in evaluations, "reason": variant.reason,
+        "top1": None, "top5": None, "delta_top1": None, "agreement": None, "worst_classes": [],
+        "latency_ms": None, "throughput_ips": None, "speedup_p50": None, "throughput_speedup": None,
+        "build_seconds": variant.build_seconds, "calib_seconds": variant.calib_seconds,
+    }
+    if variant.name not in evaluations:
+        return row
+    result, ref = evaluations[variant.name], evaluations[reference]
+    timing, ref_timing = timings[variant.name], timings[reference]
+    row.update(
+        top1=result.top1, top5=result.top5, delta_top1=result.top1 - ref.top1, agreement=agreement(result, ref),
+        worst_classes=worst_classes(result, ref), latency_ms=timing.latency_ms, throughput_ips=timing.throughput_ips,
+        speedup_p50=ref_timing.latency_ms["p50"] / timing.latency_ms["p50"],
+        throughput_speedup={b: ips / ref_timing.throughput_ips[b] for b, ips in timing.throughput_ips.items()},
+    )
+    return row
+
+
+def agreement(result, reference) -> float:
+    """Fraction of images on which two evaluations of the same split predict the same class."""
+    if len(result.predictions) != len(reference.predictions):
+        raise FgcliError(f"{result.runner} read {len(result.predictions)} images and {reference.runner} "
+                         f"{len(reference.predictions)}: the predictions cannot be compared")
+    ours = np.array(result.class_names)[result.predictions]
+    theirs = np.array(reference.class_names)[reference.predictions]
+    return float(np.mean(ours == theirs))
+
+
+def worst_classes(result, reference, count: int = WORST_CLASSES) -> list[dict[str, Any]]:
+    """The classes whose top-1 dropped most against ``reference`` (only drops; classes absent from the split,
+    whose accuracy is NaN, are skipped)."""
+    ours = dict(zip(result.class_names, result.per_class))
+    drops = [{"class": name, "reference": ref_acc, "variant": ours[name], "drop": ref_acc - ours[name]}
+             for name, ref_acc in zip(reference.class_names, reference.per_class)
+             if np.isfinite(ref_acc) and np.isfinite(ours[name]) and ref_acc > ours[name]]
+    return sorted(drops, key=lambda d: -d["drop"])[:count]
+
+
+def _size_mb(variant: Variant, checkpoint: dict | None) -> float | None:
+    """File size in MB (10^6 bytes); for torch variants the weights alone (best.pt also holds optimizer state)."""
+    if variant.backend == TORCH:
+        if checkpoint is None:
+            return None
+        return sum(t.numel() * t.element_size() for t in checkpoint["model"].values()) / 1e6
+    if variant.path is None or not Path(variant.path).is_file():
+        return None
+    return Path(variant.path).stat().st_size / 1e6
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """report.json, report.md and report.png in ``out_dir``, each written atomically; returns their paths."""
+    from fgcli.report.plots import plot_report
+    from fgcli.report.render import render_markdown
+
+    out_dir = Path(out_dir)
+    return {"json": write_json_atomic(out_dir / "report.json", report),
+            "md": write_text_atomic(out_dir / "report.md", render_markdown(report)),
+            "png": plot_report(report, out_dir / "report.png")}

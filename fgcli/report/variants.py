@@ -1,0 +1,197 @@
+"""Which variants a report covers, and whether each can run on this machine (and if not, why).
+
+A variant is one way to run the same model: a backend (PyTorch, ONNX Runtime, TensorRT) at one precision.
+Planning only checks what can be known without building anything: installed packages, the device, the
+files of an export folder. Whatever fails later (a TensorRT build, a runner that will not open) is added
+to the same list with its reason, so nothing the user asked for is silently dropped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fgcli.errors import FgcliError
+from fgcli.runtime.base import parse_device
+
+TORCH, ONNXRUNTIME, TENSORRT = "torch", "onnxruntime", "tensorrt"
+
+#: name -> (backend, precision), in report order; the names match export_all's artifact keys
+CATALOG: dict[str, tuple[str, str]] = {
+    "torch-fp32": (TORCH, "fp32"),
+    "torch-fp16": (TORCH, "fp16"),
+    "torch-bf16": (TORCH, "bf16"),
+    "onnx-fp32": (ONNXRUNTIME, "fp32"),
+    "onnx-int8-modelopt": (ONNXRUNTIME, "int8"),
+    "onnx-int8-ort": (ONNXRUNTIME, "int8"),
+    "trt-fp32": (TENSORRT, "fp32"),
+    "trt-fp16": (TENSORRT, "fp16"),
+    "trt-int8": (TENSORRT, "int8"),
+}
+VARIANT_NAMES = tuple(CATALOG)
+#: the FP32 reference for accuracy deltas, agreement and speed-ups: the first of these that ran
+REFERENCE_CANDIDATES = ("torch-fp32", "onnx-fp32")
+#: --formats shorthands for a whole backend
+GROUPS = {"torch": "torch-", "onnx": "onnx-", "trt": "trt-"}
+
+#: ONNX files of an export folder (as export_all names them), by variant
+ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8-modelopt": "model.int8.onnx",
+              "onnx-int8-ort": "model.ort-int8.onnx"}
+#: the ONNX each TensorRT engine is built from (model.fp16.onnx is converted from model.onnx when missing)
+ENGINE_SOURCES = {"trt-fp32": "model.onnx", "trt-fp16": "model.fp16.onnx", "trt-int8": "model.int8.onnx"}
+
+REASON_NO_TORCH = "PyTorch is not installed (pip install fgcli[torch])"
+REASON_NO_ORT = "ONNX Runtime is not installed (pip install fgcli[onnx])"
+REASON_NO_ONNX = "exporting ONNX needs the onnx and onnxruntime packages (pip install fgcli[onnx])"
+REASON_NO_MODELOPT = "nvidia-modelopt is not installed (pip install fgcli[quant])"
+REASON_NO_TENSORRT = ("TensorRT is not installed (on an NVIDIA GPU machine: pip install fgcli[trt], or JetPack's "
+                      "TensorRT on a Jetson; then run fgcli report there on the export folder)")
+REASON_CPU_ONLY = "needs a CUDA GPU, and this report runs on {device}"
+
+
+@dataclass
+class Variant:
+    """One row of the report: where the model file is and whether it runs here.
+
+    ``reason`` is None for a variant that can run; otherwise it says why not and what to do.
+    ``build_seconds`` / ``calib_seconds``: how long making the file took (export, TensorRT build,
+    INT8 calibration), when recorded.
+    """
+
+    name: str
+    path: Path | None = None
+    reason: str | None = None
+    build_seconds: float | None = None
+    calib_seconds: float | None = None
+
+    @property
+    def backend(self) -> str:
+        return CATALOG[self.name][0]
+
+    @property
+    def precision(self) -> str:
+        return CATALOG[self.name][1]
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+    def refuse(self, reason: str | None) -> None:
+        """Mark the variant as not runnable here (the first reason found is kept: it is the root cause)."""
+        self.reason = self.reason or reason
+
+
+def parse_formats(formats: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """``"all"`` / None -> every variant; else a comma list of variant names or the groups torch, onnx, trt."""
+    if formats is None:
+        return list(VARIANT_NAMES)
+    tokens = [t.strip().lower() for t in (formats.split(",") if isinstance(formats, str) else formats)]
+    tokens = [t for t in tokens if t]
+    if not tokens or "all" in tokens:
+        return list(VARIANT_NAMES)
+    chosen = set()
+    for token in tokens:
+        if token in CATALOG:
+            chosen.add(token)
+        elif token in GROUPS:
+            chosen.update(name for name in VARIANT_NAMES if name.startswith(GROUPS[token]))
+        else:
+            raise FgcliError(f"unknown report format '{token}'", hint=f"use all, a group ({', '.join(GROUPS)}) "
+                                                                      f"or variant names: {', '.join(VARIANT_NAMES)}")
+    if not chosen & set(REFERENCE_CANDIDATES):
+        raise FgcliError(f"--formats {','.join(tokens)} has no FP32 reference to compare against",
+                         hint="add torch-fp32 or onnx-fp32 (or use --formats all)")
+    return [name for name in VARIANT_NAMES if name in chosen]
+
+
+def installed(module: str) -> bool:
+    """True when the top-level package ``module`` is there, found without importing it (torch takes seconds)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: blocked, as tests do to simulate a missing package
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # an import hook refused it
+        return False
+
+
+def is_gpu_device(device: str) -> bool:
+    """Whether ``device`` may mean a GPU ("auto" may: whether one is there shows when the runner opens)."""
+    return parse_device(device)[0] != "cpu"
+
+
+def torch_gpu_reason(device: str, precision: str) -> str | None:
+    """Why PyTorch cannot run ``precision`` (fp16 / bf16 autocast) on ``device``, or None when it can."""
+    if not is_gpu_device(device):
+        return REASON_CPU_ONLY.format(device=device)
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"needs a CUDA GPU, and PyTorch sees none (--device {device})"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return f"{torch.cuda.get_device_name(0)} has no BF16 support"
+    return None
+
+
+def plan_variants(names: list[str], *, checkpoint: bool, export_dir: Path, device: str) -> list[Variant]:
+    """Variants ``names`` with what is already known to stop them: missing packages, a CPU-only device,
+    files missing from an export folder (``checkpoint=False``: the report was given a folder, not a .pt).
+
+    With a checkpoint, missing ONNX files are not a reason: they get exported.
+    """
+    has_onnx, has_ort = installed("onnx"), installed("onnxruntime")
+    has_modelopt, has_trt = installed("modelopt"), installed("tensorrt")
+    variants = []
+    for name in names:
+        variant = Variant(name)
+        backend = variant.backend
+        if backend == TORCH:
+            if not installed("torch"):
+                variant.refuse(REASON_NO_TORCH)
+            if not checkpoint:
+                variant.refuse(f"needs the .pt checkpoint, and the report was given the export folder {export_dir}")
+            if variant.available and variant.precision != "fp32":
+                variant.refuse(torch_gpu_reason(device, variant.precision))
+        if backend in (ONNXRUNTIME, TENSORRT) and checkpoint and not (has_onnx and has_ort):
+            variant.refuse(REASON_NO_ONNX)
+        if backend == ONNXRUNTIME:
+            if not has_ort:
+                variant.refuse(REASON_NO_ORT)
+            if name == "onnx-int8-modelopt" and checkpoint and not has_modelopt:
+                variant.refuse(REASON_NO_MODELOPT)
+            if not checkpoint and not (export_dir / ONNX_FILES[name]).is_file():
+                variant.refuse(f"{export_dir} has no {ONNX_FILES[name]} ({export_hint(name)})")
+        if backend == TENSORRT:
+            if not has_trt:
+                variant.refuse(REASON_NO_TENSORRT)
+            if not is_gpu_device(device):
+                variant.refuse(REASON_CPU_ONLY.format(device=device))
+            if name == "trt-int8" and checkpoint and not has_modelopt:
+                variant.refuse(f"builds from the modelopt Q/DQ model.int8.onnx, and {REASON_NO_MODELOPT}")
+            if not checkpoint:
+                variant.refuse(_engine_source_reason(name, export_dir, can_convert=has_onnx and has_ort))
+        variants.append(variant)
+    return variants
+
+
+def _engine_source_reason(name: str, export_dir: Path, can_convert: bool) -> str | None:
+    """Why the export folder cannot give TensorRT variant ``name`` its ONNX, or None when it can (the FP16
+    ONNX may be converted here from model.onnx)."""
+    source = export_dir / ENGINE_SOURCES[name]
+    if source.is_file():
+        return None
+    if name == "trt-fp16" and (export_dir / "model.onnx").is_file():
+        return None if can_convert else (f"needs {source.name}, and converting model.onnx to it needs the onnx and "
+                                         "onnxruntime packages (pip install fgcli[onnx])")
+    made_from = "model.onnx" if name == "trt-fp16" else source.name
+    hint = export_hint("onnx-int8-modelopt" if name == "trt-int8" else "onnx-fp32")
+    return f"{export_dir} has no {made_from} to build the engine from ({hint})"
+
+
+def export_hint(name: str) -> str:
+    """The fgcli export command that writes the ONNX file of variant ``name``."""
+    if name == "onnx-fp32":
+        return "fgcli export CHECKPOINT --out DIR writes it"
+    backend = "modelopt" if name == "onnx-int8-modelopt" else "ort"
+    return f"fgcli export CHECKPOINT --out DIR --int8 --int8-backend {backend} --calib-data DATASET writes it"
