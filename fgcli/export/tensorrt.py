@@ -41,7 +41,6 @@ efficientdet sample does). What was checked, and where:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ from fgcli.runtime.onnx_runner import decode_fgcli_metadata
 from fgcli.runtime.tensorrt_runner import (
     cuda_device_info, import_tensorrt, sidecar_path, tensorrt_version,
 )
-from fgcli.utils import atomic_path, optional_import, write_json_atomic
+from fgcli.utils import atomic_path, optional_import, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +87,6 @@ class EngineInfo:
     sidecar: dict
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def inspect_onnx(onnx_path: str | Path) -> OnnxSummary:
     """Classify the ONNX (Q/DQ, float16 or float32) and collect its fgcli metadata_props."""
     onnx = optional_import("onnx", "onnx", "Reading the ONNX model before building the engine")
@@ -117,7 +108,7 @@ def inspect_onnx(onnx_path: str | Path) -> OnnxSummary:
     has_qdq = any(node.op_type in QDQ_OP_TYPES for node in graph.node)
     kind = "int8" if has_qdq else "fp16" if has_fp16 else "fp32"
     props = {p.key: p.value for p in model.metadata_props if p.key.startswith("fgcli.")}
-    return OnnxSummary(kind=kind, metadata_props=props, sha256=_sha256(onnx_path))
+    return OnnxSummary(kind=kind, metadata_props=props, sha256=sha256_file(onnx_path))
 
 
 def choose_plan(trt, onnx_path: Path, onnx_kind: str, precision: str | None, use_calibrator: bool) -> BuildPlan:

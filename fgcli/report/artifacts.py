@@ -18,7 +18,7 @@ from typing import Any, Callable
 from fgcli.errors import FgcliError
 from fgcli.report.variants import ENGINE_SOURCES, ONNX_FILES, TENSORRT, Variant
 from fgcli.runtime.base import parse_device
-from fgcli.utils import write_json_atomic
+from fgcli.utils import sha256_file, write_json_atomic
 
 SOURCE_RECORD = "source.json"
 #: files built from model.onnx: stale as soon as model.onnx is rewritten
@@ -33,7 +33,6 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
     """Export the ONNX files the runnable ``variants`` need into ``export_dir`` (or reuse current ones) and
     set each ONNX variant's path and export / calibration seconds. Returns notes for the report."""
     from fgcli.export.pipeline import ExportOptions, export_all
-    from fgcli.export.tensorrt import _sha256 as sha256_file
 
     needed = _needed_onnx(variants)
     if not needed:
@@ -116,7 +115,6 @@ def prepare_engines(export_dir: Path, variants: list[Variant], max_batch: int, d
 def engine_is_current(engine: Path, source: Path, max_batch: int, gpu: int = 0) -> bool:
     """Whether ``engine`` was built from this very ``source`` ONNX, by this TensorRT for GPU ``gpu``'s
     generation, with a batch profile reaching ``max_batch``."""
-    from fgcli.export.tensorrt import _sha256 as sha256_file
     from fgcli.runtime.tensorrt_runner import check_engine_compatible, cuda_device_info, import_tensorrt, read_sidecar
 
     if not engine.is_file():
