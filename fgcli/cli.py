@@ -479,6 +479,7 @@ def report(
     calib_size: int = typer.Option(512, "--calib-size", min=1, help="INT8 calibration images from the train split of --data (warns below 300)."),
     split: str = typer.Option("test", "--split", help="The split every variant is evaluated on."),
     dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
+    cam_images: int = typer.Option(4, "--cam-images", min=0, help="Test images drawn in OUT/report_cam.png: occlusion maps of FP32 next to every INT8 / FP16 variant (0: none)."),
     compare: bool = typer.Option(False, "--compare", help="Put report.json files from several machines or methods into one table and plot (compare.md / .json / .png)."),
 ) -> None:
     """Accuracy and speed of every variant of a model on this machine, side by side, in one run.
@@ -490,7 +491,8 @@ def report(
     Per variant: file size, top-1 / top-5, change and agreement against FP32, the classes that lost most,
     latency p50 / p90 / p99 at batch 1, throughput per batch size, build / calibration time.
     Timing is interleaved across variants, so the ratios to FP32 hold on a busy machine.
-    Writes OUT/report.md (table), OUT/report.json (schema fgcli.report/1) and OUT/report.png (plots).
+    Writes OUT/report.md (table), OUT/report.json (schema fgcli.report/1), OUT/report.png (plots) and
+    OUT/report_cam.png (where FP32 and the quantized variants look, on a few test images).
 
     fgcli report runs/base/best.pt --data data/synth
     fgcli report export/ --data data/synth --device cuda      (a copied export folder, e.g. on a Jetson)
@@ -508,7 +510,7 @@ def report(
     source = sources[0]
     _report(source, data, out or (source.parent if source.is_file() else source) / "report", formats=formats,
             batch_sizes=batch_sizes, device=device, iterations=iterations, warmup=warmup, calib_size=calib_size,
-            split=split, layout=dataset)
+            split=split, layout=dataset, cam_images=cam_images)
 
 
 def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:
@@ -526,7 +528,9 @@ def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:
     for variant in result["variants"]:
         if not variant["available"]:
             console.print(f"[yellow]not run:[/] {variant['name']}: {escape(variant['reason'])}", highlight=False)
-    console.print(f"reference {result['reference']}; wrote [bold]{paths['md']}[/], {paths['json'].name}, {paths['png'].name}")
+    drawn = f", {result['attention']['png']}" if result["attention"] else ""
+    console.print(f"reference {result['reference']}; wrote [bold]{paths['md']}[/], {paths['json'].name}, "
+                  f"{paths['png'].name}{drawn}")
     return result
 
 

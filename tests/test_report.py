@@ -109,6 +109,19 @@ def test_report_writes_the_three_files_with_every_column_and_only_finite_numbers
     assert "![top-1 against latency" in (out / "report.md").read_text()
 
 
+def test_report_draws_where_the_reference_and_the_int8_variants_look(full_report):
+    from PIL import Image
+
+    report, out = full_report
+    attention = report["attention"]
+    int8 = [v["name"] for v in report["variants"] if v["available"] and v["precision"] == "int8"]
+    assert attention["variants"] == ["torch-fp32", *int8] and len(attention["images"]) == 4
+    assert len({Path(p).parent.name for p in attention["images"]}) == 3  # spread over the classes
+    with Image.open(out / attention["png"]) as grid:
+        assert grid.width > grid.height / 4 * 2 and grid.height > 4 * 50  # 4 rows of at least 2 panels
+    assert f"]({attention['png']})" in (out / "report.md").read_text()
+
+
 def test_reference_agrees_with_itself_and_onnx_matches_torch(full_report):
     report, _ = full_report
     reference = variant(report, "torch-fp32")
@@ -188,6 +201,7 @@ def test_export_folder_report_runs_without_torch(full_report, tiny_dataset, tmp_
         assert variant(report, name)["reason"] == "PyTorch is not installed (pip install fgcli[torch])"
     assert variant(report, "onnx-int8-ort")["available"] and variant(report, "onnx-fp32")["agreement"] == 1.0
     assert "onnx-int8-ort" in proc.stdout and (tmp_path / "report.png").is_file()
+    assert (tmp_path / "report_cam.png").is_file() and report["attention"]["variants"][0] == "onnx-fp32"
 
 
 def test_export_of_another_checkpoint_is_replaced_and_a_current_one_reused(tiny_checkpoint, tiny_dataset, tmp_path):

@@ -321,8 +321,18 @@ def write_variant_grid(variant_paths: dict[str, Path], image_paths: list[str], o
 
     with ExitStack() as stack:
         runners = {name: stack.enter_context(open_runner(path, device=device)) for name, path in variant_paths.items()}
-        rows = [_variant_row(runners, path, load_rgb(path), grid) for path in image_paths]
-        return save_rows(rows, out_path)
+        return draw_variant_grid(runners, image_paths, out_path, grid)
+
+
+def draw_variant_grid(runners: dict, image_paths: list[str], out_path: Path, grid: int = 7,
+                      progress: Callable[[int], object] | None = None) -> Path:
+    """``write_variant_grid`` over runners that are already open (the report's); ``progress(1)`` per image."""
+    rows = []
+    for path in image_paths:
+        rows.append(_variant_row(runners, path, load_rgb(path), grid))
+        if progress:
+            progress(1)
+    return save_rows(rows, out_path)
 
 
 def _variant_row(runners: dict, path: str | Path, rgb, grid: int) -> Row:

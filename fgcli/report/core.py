@@ -36,6 +36,8 @@ WORST_CLASSES = 5
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_ITERATIONS = 100
 DEFAULT_WARMUP = 10
+DEFAULT_CAM_IMAGES = 4
+ATTENTION_PNG = "report_cam.png"
 
 
 def _ignore(*args) -> None:
@@ -85,6 +87,7 @@ def build_report(
     calib_size: int = 512,
     split: str = "test",
     layout: str = "auto",
+    cam_images: int = DEFAULT_CAM_IMAGES,
     hooks: ReportHooks | None = None,
 ) -> dict[str, Any]:
     """Evaluate and time every variant of a model on ``split`` of ``data``; returns the report dict.
@@ -96,7 +99,10 @@ def build_report(
     ``batch_sizes``: throughput is measured at each; the largest is also the evaluation batch and the
     TensorRT profile's maximum. ``iterations`` timed single-image calls per variant (after ``warmup``),
     interleaved across variants. ``calib_size``: INT8 calibration images from the train split of ``data``.
-    ``device``: auto, cpu, cuda or cuda:N. Write the files with ``write_report(report, out_dir)``.
+    ``device``: auto, cpu, cuda or cuda:N. ``cam_images``: test images drawn in ``out_dir/report_cam.png``
+    with the occlusion map of the reference and of every reduced-precision variant (and the reference's
+    Grad-CAM when it is torch), so one sees whether quantization moved the attention; 0 for none.
+    Write the other files with ``write_report(report, out_dir)``.
     """
     hooks = hooks or ReportHooks()
     source, data, out_dir = Path(source), Path(data), Path(out_dir)
@@ -129,6 +135,8 @@ def build_report(
             timings = time_interleaved(runners, images, batch_sizes, iterations, warmup, progress=advance)
         runner_names = {name: runner.name for name, runner in runners.items()}
         model = _model_info(checkpoint, runners[reference])
+        attention = _attention_grid(runners, variants, reference, data_split, evaluations[reference], cam_images,
+                                    out_dir, hooks)
 
     ref_eval = evaluations[reference]
     return {
@@ -149,8 +157,27 @@ def build_report(
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
         "environment": collect_environment(),
         "variants": [_variant_row(v, runner_names, evaluations, timings, reference, checkpoint) for v in variants],
+        "attention": attention,
         "notes": notes,
     }
+
+
+def _attention_grid(runners: dict, variants: list[Variant], reference: str, data_split, reference_eval,
+                    count: int, out_dir: Path, hooks: ReportHooks) -> dict[str, Any] | None:
+    """Occlusion maps of the reference next to every reduced-precision variant on ``count`` readable test
+    images spread over the split (so over several classes)."""
+    if count < 1:
+        return None
+    from fgcli.report.cam import draw_variant_grid
+
+    readable = [s.path for s in data_split.samples if s.path not in reference_eval.bad_images]
+    images = [readable[round(i)] for i in np.linspace(0, len(readable) - 1, min(count, len(readable)))]
+    shown = [reference] + [v.name for v in variants if v.name in runners and v.precision != "fp32"]
+    with hooks.task("attention maps (occlusion)", len(images)) as advance:
+        path = draw_variant_grid({name: runners[name] for name in shown}, images, out_dir / ATTENTION_PNG,
+                                 progress=advance)
+    return {"png": path.name, "method": "occlusion 7x7 (drop in the predicted class's probability)",
+            "variants": shown, "images": images}
 
 
 def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:

@@ -145,6 +145,12 @@ def render_markdown(report: dict[str, Any], png_name: str = "report.png") -> str
     if report["notes"]:
         lines += ["", "## Notes", "", *[f"- {note}" for note in report["notes"]]]
     lines += ["", f"![top-1 against latency, and the per-class drops]({png_name})", ""]
+    if report.get("attention"):
+        attention = report["attention"]
+        lines += ["## Where the variants look", "",
+                  f"{attention['method']}, for {', '.join(attention['variants'])}: one row per test image, one colour "
+                  "scale per row, so an INT8 model that looks elsewhere than FP32 shows it.", "",
+                  f"![occlusion maps of the reference and the quantized variants]({attention['png']})", ""]
     return "\n".join(lines)
 
 
