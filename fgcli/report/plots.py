@@ -27,6 +27,8 @@ def plot_report(report: dict[str, Any], out_path: str | Path) -> Path:
         if v["available"]:
             left.scatter(v["latency_ms"]["p50"], 100 * v["top1"], color=colors[v["name"]], s=45, label=v["name"],
                          zorder=3)
+            left.annotate(v["name"], (v["latency_ms"]["p50"], 100 * v["top1"]), textcoords="offset points",
+                          xytext=(6, 4), fontsize=8)
     _accuracy_latency_axes(left)
     left.legend(fontsize=8, loc="best")
     left.set_title(f"top-1 against latency ({report['dataset']['split']} split, {report['dataset']['images']} images)")
@@ -68,6 +70,10 @@ def _accuracy_latency_axes(ax) -> None:
     latencies = [x for collection in ax.collections for x, _ in collection.get_offsets()]
     if latencies and max(latencies) >= 10 * min(latencies):
         ax.set_xscale("log")
+        ticker = optional_import("matplotlib.ticker", "report", "Drawing the report plots")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))  # 1, 2, 5, 10 ms, not 10^0
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # minor labels collide on a log axis
     ax.set_xlabel("p50 latency at batch 1, ms (lower is better)")
     ax.set_ylabel("top-1 %")
     ax.grid(True, alpha=0.3)
@@ -83,7 +89,7 @@ def _class_drops(ax, report: dict[str, Any]) -> None:
     colors = _variant_colors(report)
     bars = [(f"{c['class']}  [{v['name']}]", 100 * c["drop"], colors[v["name"]])
             for v in reduced_precision(report) for c in v["worst_classes"]]
-    ax.set_title(f"classes that lost most top-1 against {report['reference']}")
+    ax.set_title(f"worst top-1 drops per class vs {report['reference']}")
     if not bars:
         ax.text(0.5, 0.5, "no class lost top-1 accuracy", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
