@@ -1,0 +1,81 @@
+"""Every registered method through the whole deployment path on the synthetic dataset (marked ``deploy``).
+
+Run with ``python -m pytest -q -m deploy`` (CI does; about 10 minutes on 2 cores). A baseline is trained once
+with the small recipe; every other method starts from its backbone (``--weights best.pt``) and fine-tunes a few
+epochs, as users start from ImageNet weights. ``build_report`` then exports it (ONNX checked against PyTorch),
+quantizes it with modelopt (Q/DQ) and ONNX Runtime, evaluates every variant on the test split and times them.
+INT8 must stay within 2 top-1 points of FP32 and agree with it on at least 95 % of the test images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import DEPLOY_FIGURES
+from fgcli.models import list_models
+
+pytestmark = [pytest.mark.deploy,
+              pytest.mark.filterwarnings("ignore::fgcli.calibration.dataset.CalibrationWarning")]  # 240 < 300
+
+# 240 train and 360 test images: a large test split keeps the INT8 figures from hinging on one or two images
+CLASSES, PER_CLASS, TEST_FRACTION = 6, 100, 0.6
+IMG_SIZE, RESIZE = 96, 110
+BASELINE_EPOCHS, FINETUNE_EPOCHS = 15, 5
+INT8_VARIANTS = ("onnx-int8-modelopt", "onnx-int8-ort")
+MAX_TOP1_DROP, MIN_AGREEMENT = 0.02, 0.95
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    from fgcli.data.synth import generate_synthetic
+
+    data = tmp_path_factory.mktemp("deploy") / "data"
+    generate_synthetic(data, num_classes=CLASSES, per_class=PER_CLASS, seed=0, test_fraction=TEST_FRACTION)
+    return data
+
+
+def _train(method: str, data: Path, out: Path, epochs: int, weights: Path | None = None) -> Path:
+    from fgcli.engine.config import resolve_config
+    from fgcli.engine.train import train
+
+    train(resolve_config({"method": method, "data": str(data), "out": str(out), "recipe": "small", "epochs": epochs,
+                          "img_size": IMG_SIZE, "resize_size": RESIZE, "workers": 0, "device": "cpu", "seed": 0,
+                          "weights": str(weights) if weights else None}))
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def baseline_checkpoint(synthetic) -> Path:
+    return _train("baseline", synthetic, synthetic.parent / "baseline", BASELINE_EPOCHS)
+
+
+@pytest.mark.parametrize("method", list_models())
+def test_method_exports_quantizes_and_reports_within_int8_budget(method, synthetic, baseline_checkpoint):
+    from fgcli.report import build_report, write_report
+
+    checkpoint = baseline_checkpoint if method == "baseline" else _train(
+        method, synthetic, synthetic.parent / method, FINETUNE_EPOCHS, weights=baseline_checkpoint)
+    out = checkpoint.parent / "report"
+    report = build_report(checkpoint, synthetic, out, batch_sizes=[1, 8], iterations=10, warmup=2, calib_size=240)
+    files = write_report(report, out)
+    assert {Path(p).name for p in files.values()} == {"report.md", "report.json", "report.png"}
+    assert json.loads((out / "report.json").read_text())["variants"] == report["variants"]
+
+    rows = {row["name"]: row for row in report["variants"]}
+    assert report["reference"] == "torch-fp32" and rows["onnx-fp32"]["agreement"] == 1.0
+    for name in ("torch-fp32", "onnx-fp32", *INT8_VARIANTS):
+        row = rows[name]
+        assert row["available"], f"{name}: {row['reason']}"
+        assert all(math.isfinite(v) for v in (row["top1"], row["top5"], *row["latency_ms"].values(),
+                                              *row["throughput_ips"].values()))
+    DEPLOY_FIGURES.append({"method": method, **{
+        name: {"top1": rows[name]["top1"], "agreement": rows[name]["agreement"],
+               "p50_ms": rows[name]["latency_ms"]["p50"]} for name in ("torch-fp32", "onnx-fp32", *INT8_VARIANTS)}})
+    for name in INT8_VARIANTS:
+        row = rows[name]
+        assert row["delta_top1"] >= -MAX_TOP1_DROP, f"{method} {name}: top-1 fell {-row['delta_top1']:.1%}"
+        assert row["agreement"] >= MIN_AGREEMENT, f"{method} {name}: agreement {row['agreement']:.1%}"
