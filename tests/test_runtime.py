@@ -155,3 +155,16 @@ def test_onnx_deployment_path_works_without_torch(exported_model, baseline_check
     batch = preprocess_eval(Image.open(tmp_path / "bird.png").convert("RGB"), PreprocessConfig.from_dict(PREPROCESS))
     with TorchRunner(baseline_checkpoint, device="cpu") as reference:
         np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), reference.run(batch[None]), atol=1e-4)
+
+
+def test_onnx_runner_can_stop_its_threads_busy_waiting(tiny_onnx):
+    """The report turns spinning off: busy-waiting ORT threads slow whichever variant is timed next."""
+    from fgcli.runtime import open_runner
+
+    key = "session.intra_op.allow_spinning"
+    with open_runner(tiny_onnx, device="cpu", spin_wait=False) as quiet, open_runner(tiny_onnx, device="cpu") as busy:
+        assert quiet._session.get_session_options().get_session_config_entry(key) == "0"
+        with pytest.raises(Exception, match=key):  # not set: ORT's default, spinning
+            busy._session.get_session_options().get_session_config_entry(key)
+        images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        assert np.array_equal(quiet.run(images), busy.run(images))

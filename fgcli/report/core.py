@@ -220,7 +220,8 @@ def _open(variant: Variant, checkpoint: dict | None, device: str):
 
             autocast = None if variant.precision == "fp32" else variant.precision
             return TorchRunner(checkpoint, device=device, autocast=autocast)
-        return open_runner(variant.path, device=device)
+        # ORT threads that busy-wait after a call would slow the next variant of the interleaved timing
+        return open_runner(variant.path, device=device, spin_wait=False)
     except FgcliError as exc:
         variant.refuse(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
         return None

@@ -14,10 +14,12 @@ from fgcli.runtime.base import Runner, parse_device
 RUNNER_SUFFIXES = {".pt": "PyTorch checkpoint", ".onnx": "ONNX model", ".engine": "TensorRT engine"}
 
 
-def open_runner(path: str | Path, device: str = "auto", providers: list[str] | None = None) -> Runner:
+def open_runner(path: str | Path, device: str = "auto", providers: list[str] | None = None,
+                spin_wait: bool = True) -> Runner:
     """Load ``path`` (.pt, .onnx or .engine) on ``device`` ("auto", "cpu", "cuda", "cuda:N").
 
-    ``providers`` (ONNX Runtime execution provider names) applies to .onnx models only.
+    ``providers`` (ONNX Runtime execution provider names) and ``spin_wait`` (see ``OnnxRunner``) apply to .onnx
+    models only.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -36,7 +38,7 @@ def open_runner(path: str | Path, device: str = "auto", providers: list[str] | N
     if suffix == ".onnx":
         from fgcli.runtime.onnx_runner import OnnxRunner
 
-        return OnnxRunner(path, device=device, providers=providers)
+        return OnnxRunner(path, device=device, providers=providers, spin_wait=spin_wait)
     return _open_engine(path, device)
 
 
