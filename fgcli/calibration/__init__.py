@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from fgcli.calibration.dataset import CalibrationSet
 
 PRECISION_KEY = "fgcli.precision"
-INT8_NODES_KEY = "fgcli.int8_nodes"
+SYMMETRIC_INT8_NODES_KEY = "fgcli.symmetric_int8_nodes"
 QDQ_OP_TYPES = {"QuantizeLinear", "DequantizeLinear"}
 WEIGHTED_OP_TYPES = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # the layers INT8 is for
 LAYOUT_OP_TYPES = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
@@ -61,9 +61,9 @@ def quantized_nodes(model) -> tuple[dict[str, int], list[str]]:
     return dict(sorted(counts.items())), names
 
 
-def int8_node_pattern(model) -> str | None:
-    """The exporting model's regex of node names to quantize (``FGVCModel.int8_nodes``), None for all."""
-    return next((prop.value for prop in model.metadata_props if prop.key == INT8_NODES_KEY), None)
+def symmetric_int8_pattern(model) -> str | None:
+    """The exporting model's regex of the nodes modelopt may quantize (``FGVCModel.symmetric_int8_nodes``)."""
+    return next((prop.value for prop in model.metadata_props if prop.key == SYMMETRIC_INT8_NODES_KEY), None)
 
 
 def softmax_weighted_nodes(model) -> list[str]:
@@ -79,10 +79,6 @@ def softmax_weighted_nodes(model) -> list[str]:
             weights.update(node.output)
     return [node.name for node in model.graph.node
             if node.op_type not in LAYOUT_OP_TYPES and weights.intersection(node.input)]
-
-
-def nodes_matching(model, pattern: str) -> list[str]:
-    return [node.name for node in model.graph.node if re.fullmatch(pattern, node.name)]
 
 
 def calibration_input(model, onnx_path: Path, calib: CalibrationSet | str | Path) -> tuple[str, CalibrationSet]:
@@ -124,24 +120,24 @@ def save_with_metadata(model, source_model, out_path: str | Path) -> Path:
     return Path(out_path)
 
 
-__all__ = ["QuantResult", "quantized_nodes", "save_with_metadata", "calibration_input", "int8_node_pattern",
-           "nodes_matching", "softmax_weighted_nodes", "PRECISION_KEY"]
+__all__ = ["QuantResult", "quantized_nodes", "save_with_metadata", "calibration_input",
+           "symmetric_int8_pattern", "softmax_weighted_nodes", "PRECISION_KEY"]
 
 
 def finish_quantization(quantized, source, onnx_path: Path, out_path: Path, quantizer: str, calib_method: str,
-                        calibration_images: int, seconds: float, extra: dict) -> QuantResult:
-    """Refuse a model in which nothing was quantized, or anything outside the model's ``int8_nodes``; else save
-    it with the source's metadata and describe it."""
+                        calibration_images: int, seconds: float, extra: dict,
+                        allowed: str | None = None) -> QuantResult:
+    """Refuse a model in which nothing was quantized, or a layer outside the regex ``allowed``; else save it with
+    the source's metadata and describe it."""
     counts, names = quantized_nodes(quantized)
     if not names:
         raise FgcliError(f"{quantizer} quantized no node of {onnx_path}",
                          hint=f"the model has no Conv / Gemm / MatMul {quantizer} can quantize")
-    pattern = int8_node_pattern(source)
-    outside = [node.name for node in quantized.graph.node if pattern and node.op_type in WEIGHTED_OP_TYPES
-               and node.name in names and not re.fullmatch(pattern, node.name)]
+    outside = [node.name for node in quantized.graph.node if allowed and node.op_type in WEIGHTED_OP_TYPES
+               and node.name in names and not re.fullmatch(allowed, node.name)]
     if outside:
         raise FgcliError(f"{quantizer} quantized {len(outside)} layers of {onnx_path} that the model keeps in high "
-                         f"precision (e.g. {outside[0]}; allowed: {pattern})",
+                         f"precision (e.g. {outside[0]}; allowed: {allowed})",
                          hint="report this with the method and the quantizer's version")
     save_with_metadata(quantized, source, out_path)
     return QuantResult(out_path, quantizer, calib_method, counts, names, calibration_images, seconds, extra=extra)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fgcli.calibration import (QuantResult, calibration_input, finish_quantization, int8_node_pattern,
-                               softmax_weighted_nodes)
+from fgcli.calibration import (QuantResult, calibration_input, finish_quantization, softmax_weighted_nodes,
+                               symmetric_int8_pattern)
 from fgcli.calibration.dataset import CalibrationSet
 from fgcli.errors import FgcliError
 from fgcli.export.onnx import load_onnx
@@ -93,7 +93,7 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
     providers = calibration_providers(device)
     high_precision = "fp16" if fp16 else "fp32"
     batch = max(1, min(batch_size, len(calib)))
-    int8_nodes = int8_node_pattern(source)
+    int8_nodes = symmetric_int8_pattern(source)
     float_nodes = softmax_weighted_nodes(source)
     import onnx
 
@@ -122,7 +122,7 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
     return finish_quantization(quantized, source, onnx_path, out_path, "modelopt", calib_method, len(calib),
                                seconds, {"high_precision_dtype": high_precision, "calibration_eps": providers,
                                "calibration_batch": batch, "int8_nodes": int8_nodes,
-                               "float_nodes": float_nodes})
+                               "float_nodes": float_nodes}, allowed=int8_nodes)
 
 
 if __name__ == "__main__":  # the child interpreter of _run_in_child

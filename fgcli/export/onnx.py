@@ -77,7 +77,7 @@ def export_onnx(
     proto = trace_to_onnx(model, preprocess.img_size, opset)
     if simplify:
         proto = simplify_onnx(proto)
-    set_onnx_metadata(proto, checkpoint_metadata(ckpt, preprocess, int8_nodes=model.int8_nodes))
+    set_onnx_metadata(proto, checkpoint_metadata(ckpt, preprocess, model.symmetric_int8_nodes))
     check_onnx(proto, "the exported graph")
     path = Path(out_dir) / "model.onnx"
     parity = save_checked_onnx(proto, path, images, torch_logits(model, images), PARITY_ATOL, "PyTorch",
@@ -171,12 +171,12 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
 
 
 def checkpoint_metadata(ckpt: dict[str, Any], preprocess: PreprocessConfig,
-                        int8_nodes: str | None = None) -> dict[str, Any]:
-    """The decoded fgcli metadata of an FP32 export of ``ckpt``; ``int8_nodes`` travels to the quantizers."""
+                        symmetric_int8_nodes: str | None = None) -> dict[str, Any]:
+    """The decoded fgcli metadata of an FP32 export of ``ckpt``; ``symmetric_int8_nodes`` travels to modelopt."""
     return {
         "method": ckpt["method"], "backbone": ckpt["backbone"], "class_names": list(ckpt["class_names"]),
         "preprocess": preprocess.to_dict(), "version": fgcli.__version__, "precision": "fp32",
-        "int8_nodes": int8_nodes,
+        "symmetric_int8_nodes": symmetric_int8_nodes,
     }
 
 

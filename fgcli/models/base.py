@@ -29,9 +29,10 @@ class FGVCModel(nn.Module, ABC):
 
     #: registry name, set by ``register_model``
     method: str = ""
-    #: regex over the exported ONNX node names: only matching nodes are INT8-quantized (None: all the quantizer
-    #: supports). For parts whose small errors change *where* the model looks (TASN's attention net steers a sampler).
-    int8_nodes: str | None = None
+    #: regex over the exported ONNX node names: the nodes modelopt may quantize for TensorRT, whose INT8 activations
+    #: are signed and symmetric (None: all it supports). For parts that need the finer steps of unsigned activations
+    #: (ONNX Runtime's INT8 ignores this): TASN's attention net, whose errors move where its sampler looks.
+    symmetric_int8_nodes: str | None = None
 
     def __init__(self, num_classes: int):
         super().__init__()
