@@ -111,6 +111,13 @@ def test_a_top1_flip_within_the_logit_tolerance_still_fails():
         require_parity(parity, export_module.Path("model.onnx"), "PyTorch", strict_top1=True)
 
 
+def test_fp32_parity_tolerance_is_1e_3_and_grows_with_logits_above_10():
+    from fgcli.export.onnx import fp32_parity_tolerance
+
+    assert fp32_parity_tolerance(np.array([[-3.0, 9.5]])) == 1e-3
+    assert fp32_parity_tolerance(np.array([[-37.8, 2.0]])) == pytest.approx(3.78e-3)
+
+
 def test_old_opset_is_refused(baseline_checkpoint, tmp_path):
     with pytest.raises(FgcliError, match="opset 13 is too old"):
         export_onnx(baseline_checkpoint, tmp_path, opset=13)
