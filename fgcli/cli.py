@@ -484,15 +484,11 @@ def report(
 ) -> None:
     """Accuracy and speed of every variant of a model on this machine, side by side, in one run.
 
-    Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort, trt-fp32 / -fp16 / -int8.
-    From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint).
-    TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
+    Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort, trt-fp32 / -fp16 / -int8. From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint). TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
 
-    Per variant: file size, top-1 / top-5, change and agreement against FP32, the classes that lost most,
-    latency p50 / p90 / p99 at batch 1, throughput per batch size, build / calibration time.
-    Timing is interleaved across variants, so the ratios to FP32 hold on a busy machine.
-    Writes OUT/report.md (table), OUT/report.json (schema fgcli.report/1), OUT/report.png (plots) and
-    OUT/report_cam.png (where FP32 and the quantized variants look, on a few test images).
+    Per variant: file size, top-1 / top-5, change and agreement against FP32, the classes that lost most, latency p50 / p90 / p99 at batch 1, throughput per batch size, build / calibration time. Timing is interleaved across variants, so the ratios to FP32 hold on a busy machine.
+
+    Writes OUT/report.md (table), OUT/report.json (schema fgcli.report/1), OUT/report.png (plots) and OUT/report_cam.png (where FP32 and the quantized variants look, on a few test images).
 
     fgcli report runs/base/best.pt --data data/synth
     fgcli report export/ --data data/synth --device cuda      (a copied export folder, e.g. on a Jetson)
@@ -562,8 +558,7 @@ def demo(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the small recipe's."),
     seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:
-    """The whole pipeline on the synthetic dataset: generate, train, then fgcli report (export, quantize, evaluate
-    and time every variant). With --method all, the reports of the six methods end in one comparison."""
+    """The whole pipeline on the synthetic dataset: generate, train, then fgcli report (export, quantize, evaluate and time every variant). With --method all, the reports of the six methods end in one comparison."""
     from fgcli.demo import DEMO_CLASSES, DEMO_PER_CLASS, DEMO_REPORT_OPTIONS, demo_config, ensure_synthetic
     from fgcli.models import list_models
 
