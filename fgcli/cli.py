@@ -521,9 +521,9 @@ def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:
     result = build_report(source, data, out_dir, hooks=hooks, **options)
     paths = write_report(result, out_dir)
     console.print(rich_report_table(result))
-    for variant in result["variants"]:
-        if not variant["available"]:
-            console.print(f"[yellow]not run:[/] {variant['name']}: {escape(variant['reason'])}", highlight=False)
+    skipped = [variant["name"] for variant in result["variants"] if not variant["available"]]
+    if skipped:  # the reasons were in the plan above and are in report.md
+        console.print(f"[yellow]not run here:[/] {', '.join(skipped)} (reasons in report.md)", highlight=False)
     drawn = f", {result['attention']['png']}" if result["attention"] else ""
     console.print(f"reference {result['reference']}; wrote [bold]{paths['md']}[/], {paths['json'].name}, "
                   f"{paths['png'].name}{drawn}")

@@ -164,7 +164,7 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]]):
         if header in TEXT_COLUMNS:  # names are never cut; the number columns wrap their headers instead
             table.add_column(header, min_width=max(len(row[index]) for row in [headers, *rows]))
         else:
-            table.add_column(header, justify="right")
+            table.add_column(header, justify="right", overflow="fold")  # fold, never hide digits behind "…"
     for row in rows:
         table.add_row(*row)
     return table
