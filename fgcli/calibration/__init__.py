@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 PRECISION_KEY = "fgcli.precision"
 SYMMETRIC_INT8_NODES_KEY = "fgcli.symmetric_int8_nodes"
+FLOAT_NODES_KEY = "fgcli.float_nodes"
 QDQ_OP_TYPES = {"QuantizeLinear", "DequantizeLinear"}
 WEIGHTED_OP_TYPES = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # the layers INT8 is for
 LAYOUT_OP_TYPES = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
@@ -63,7 +64,19 @@ def quantized_nodes(model) -> tuple[dict[str, int], list[str]]:
 
 def symmetric_int8_pattern(model) -> str | None:
     """The exporting model's regex of the nodes modelopt may quantize (``FGVCModel.symmetric_int8_nodes``)."""
-    return next((prop.value for prop in model.metadata_props if prop.key == SYMMETRIC_INT8_NODES_KEY), None)
+    return _metadata(model, SYMMETRIC_INT8_NODES_KEY)
+
+
+def float_nodes(source, graph) -> list[str]:
+    """The nodes of ``graph`` every quantizer leaves in float: the softmax-weighted ones and those matching the
+    exporting model's ``FGVCModel.float_nodes`` (read from ``source``'s metadata)."""
+    pattern = _metadata(source, FLOAT_NODES_KEY)
+    declared = [node.name for node in graph.graph.node if pattern and re.fullmatch(pattern, node.name)]
+    return list(dict.fromkeys(softmax_weighted_nodes(graph) + declared))
+
+
+def _metadata(model, key: str) -> str | None:
+    return next((prop.value for prop in model.metadata_props if prop.key == key), None)
 
 
 def softmax_weighted_nodes(model) -> list[str]:
@@ -121,7 +134,7 @@ def save_with_metadata(model, source_model, out_path: str | Path) -> Path:
 
 
 __all__ = ["QuantResult", "quantized_nodes", "save_with_metadata", "calibration_input",
-           "symmetric_int8_pattern", "softmax_weighted_nodes", "PRECISION_KEY"]
+           "symmetric_int8_pattern", "float_nodes", "softmax_weighted_nodes", "PRECISION_KEY"]
 
 
 def finish_quantization(quantized, source, onnx_path: Path, out_path: Path, quantizer: str, calib_method: str,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fgcli.calibration import (QuantResult, calibration_input, finish_quantization, softmax_weighted_nodes,
+from fgcli.calibration import (QuantResult, calibration_input, finish_quantization, float_nodes,
                                symmetric_int8_pattern)
 from fgcli.calibration.dataset import CalibrationSet
 from fgcli.errors import FgcliError
@@ -94,7 +94,7 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
     high_precision = "fp16" if fp16 else "fp32"
     batch = max(1, min(batch_size, len(calib)))
     int8_nodes = symmetric_int8_pattern(source)
-    float_nodes = softmax_weighted_nodes(source)
+    kept_float = float_nodes(source, source)
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="fgcli-modelopt-") as work:
@@ -111,7 +111,7 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
                 "calibration_shapes": f"{input_name}:{batch}x{'x'.join(map(str, calib.images.shape[1:]))}",
                 "calibration_eps": providers, "high_precision_dtype": high_precision,
                 "nodes_to_quantize": [int8_nodes] if int8_nodes else None,
-                "nodes_to_exclude": [re.escape(name) for name in float_nodes] or None}))
+                "nodes_to_exclude": [re.escape(name) for name in kept_float] or None}))
             _run_in_child(options_file)
         except Exception as exc:
             raise FgcliError(f"modelopt could not quantize {onnx_path}: {type(exc).__name__}: {exc}",
@@ -122,7 +122,7 @@ def quantize_modelopt(onnx_path: str | Path, calib: CalibrationSet | str | Path,
     return finish_quantization(quantized, source, onnx_path, out_path, "modelopt", calib_method, len(calib),
                                seconds, {"high_precision_dtype": high_precision, "calibration_eps": providers,
                                "calibration_batch": batch, "int8_nodes": int8_nodes,
-                               "float_nodes": float_nodes}, allowed=int8_nodes)
+                               "float_nodes": kept_float}, allowed=int8_nodes)
 
 
 if __name__ == "__main__":  # the child interpreter of _run_in_child

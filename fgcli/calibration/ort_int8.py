@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fgcli.calibration import QuantResult, calibration_input, finish_quantization, softmax_weighted_nodes
+from fgcli.calibration import QuantResult, calibration_input, finish_quantization, float_nodes
 from fgcli.calibration.dataset import CalibrationSet
 from fgcli.errors import FgcliError
 from fgcli.export.onnx import load_onnx
@@ -62,12 +62,12 @@ def quantize_ort(onnx_path: str | Path, calib: CalibrationSet | str | Path, out_
         start = time.perf_counter()
         try:
             quant_pre_process(str(onnx_path), str(prepared))
-            float_nodes = softmax_weighted_nodes(onnx.load(str(prepared)))
+            kept_float = float_nodes(source, onnx.load(str(prepared)))
             quantization.quantize_static(
                 str(prepared), str(quantized_path), CalibrationBatches(input_name, calib, batch_size),
                 quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
                 activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
-                calibrate_method=method, calibration_providers=["CPUExecutionProvider"], nodes_to_exclude=float_nodes)
+                calibrate_method=method, calibration_providers=["CPUExecutionProvider"], nodes_to_exclude=kept_float)
         except Exception as exc:
             raise FgcliError(f"ONNX Runtime could not quantize {onnx_path}: {type(exc).__name__}: {exc}",
                              hint="check that the model runs in onnxruntime (`fgcli export` runs a parity check)"
@@ -77,4 +77,4 @@ def quantize_ort(onnx_path: str | Path, calib: CalibrationSet | str | Path, out_
     return finish_quantization(quantized, source, onnx_path, out_path, "onnxruntime", calib_method, len(calib),
                                seconds, {"per_channel": per_channel, "reduce_range": reduce_range,
                                "activations": "uint8", "weights": "int8", "pre_processed": True,
-                               "float_nodes": float_nodes})
+                               "float_nodes": kept_float})

@@ -81,7 +81,7 @@ def export_onnx(
     proto = trace_to_onnx(model, preprocess.img_size, opset)
     if simplify:
         proto = simplify_onnx(proto)
-    set_onnx_metadata(proto, checkpoint_metadata(ckpt, preprocess, model.symmetric_int8_nodes))
+    set_onnx_metadata(proto, checkpoint_metadata(ckpt, preprocess, model))
     check_onnx(proto, "the exported graph")
     path = Path(out_dir) / "model.onnx"
     reference = torch_logits(model, images)
@@ -176,12 +176,14 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
 
 
 def checkpoint_metadata(ckpt: dict[str, Any], preprocess: PreprocessConfig,
-                        symmetric_int8_nodes: str | None = None) -> dict[str, Any]:
-    """The decoded fgcli metadata of an FP32 export of ``ckpt``; ``symmetric_int8_nodes`` travels to modelopt."""
+                        model=None) -> dict[str, Any]:
+    """The decoded fgcli metadata of an FP32 export of ``ckpt``; the ``model``'s INT8 node choices travel to the
+    quantizers (``FGVCModel.symmetric_int8_nodes`` / ``float_nodes``)."""
     return {
         "method": ckpt["method"], "backbone": ckpt["backbone"], "class_names": list(ckpt["class_names"]),
         "preprocess": preprocess.to_dict(), "version": fgcli.__version__, "precision": "fp32",
-        "symmetric_int8_nodes": symmetric_int8_nodes,
+        "symmetric_int8_nodes": getattr(model, "symmetric_int8_nodes", None),
+        "float_nodes": getattr(model, "float_nodes", None),
     }
 
 

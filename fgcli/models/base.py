@@ -33,6 +33,10 @@ class FGVCModel(nn.Module, ABC):
     #: are signed and symmetric (None: all it supports). For parts that need the finer steps of unsigned activations
     #: (ONNX Runtime's INT8 ignores this): TASN's attention net, whose errors move where its sampler looks.
     symmetric_int8_nodes: str | None = None
+    #: regex over the exported ONNX node names that every INT8 quantizer leaves in float (None: none beyond the
+    #: softmax-weighted nodes, which always stay float). TASN: its sampler, whose per-image interpolation weights
+    #: decide which pixels the master net sees.
+    float_nodes: str | None = None
 
     def __init__(self, num_classes: int):
         super().__init__()
