@@ -47,11 +47,11 @@ def plot_comparison(comparison: dict[str, Any], out_path: str | Path) -> Path:
         ax.scatter(row["latency_ms"]["p50"], 100 * row["top1"], color=report_colors[row["report"]],
                    marker=variant_markers[row["variant"]], s=50, zorder=3)
     _accuracy_latency_axes(ax)
-    reports = ax.legend(handles=[ax.scatter([], [], color=c, label=label) for label, c in report_colors.items()],
-                        title="report", fontsize=8, loc="upper left")
-    ax.add_artist(reports)
-    ax.legend(handles=[ax.scatter([], [], color="gray", marker=m, label=name) for name, m in variant_markers.items()],
-              title="variant", fontsize=8, loc="lower right")
+    # beside the axes, not on them: inside, the legends covered the fastest (INT8) points in the top-left corner
+    figure.legend(handles=[ax.scatter([], [], color=c, label=label) for label, c in report_colors.items()],
+                  title="report", fontsize=8, loc="outside right upper")
+    figure.legend(handles=[ax.scatter([], [], color="gray", marker=m, label=name) for name, m in variant_markers.items()],
+                  title="variant", fontsize=8, loc="outside right lower")
     ax.set_title("top-1 against latency, every report")
     return _save(figure, out_path)
 
