@@ -112,10 +112,10 @@ def test_a_top1_flip_within_the_logit_tolerance_still_fails():
 
 
 def test_fp32_parity_tolerance_is_1e_3_and_grows_with_logits_above_10():
-    from fgcli.export.onnx import fp32_parity_tolerance
+    from fgcli.export.onnx import PARITY_ATOL, PARITY_RTOL, logit_tolerance
 
-    assert fp32_parity_tolerance(np.array([[-3.0, 9.5]])) == 1e-3
-    assert fp32_parity_tolerance(np.array([[-37.8, 2.0]])) == pytest.approx(3.78e-3)
+    assert logit_tolerance(np.array([[-3.0, 9.5]]), PARITY_ATOL, PARITY_RTOL) == 1e-3
+    assert logit_tolerance(np.array([[-37.8, 2.0]]), PARITY_ATOL, PARITY_RTOL) == pytest.approx(3.78e-3)
 
 
 def test_old_opset_is_refused(baseline_checkpoint, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from fgcli.data import LAYOUT_NAMES, dataset_splits, detect_layout, load_split
 from fgcli.data.images import BadImageError, crop_bottom, describe_mode, open_image, to_rgb
 from fgcli.data.index import Sample
 from fgcli.errors import DataError
+from fgcli.utils import sha256_file
 
 TINY_SIDE = 32
 EXAMPLES = 5  # class names listed in a "classes have no <split> images" warning
@@ -49,7 +49,7 @@ def _inspect(sample: Sample) -> FileFacts:
     try:
         img = open_image(sample.path)
         rgb = crop_bottom(to_rgb(img), sample.bottom_crop, sample.path)
-        digest = hashlib.sha256(Path(sample.path).read_bytes()).hexdigest()
+        digest = sha256_file(sample.path)
     except BadImageError as exc:
         return FileFacts(error=exc.message)
     except OSError as exc:

@@ -71,7 +71,8 @@ def export_onnx(
 
     ``img_size`` overrides the checkpoint's crop size (the resize size scales with it); ``check_images``
     is a preprocessed ``(N, 3, S, S)`` float32 batch, generated when None. Raises FgcliError when ONNX
-    Runtime and PyTorch disagree by more than ``fp32_parity_tolerance`` or on any top-1 class.
+    Runtime and PyTorch disagree by more than ``logit_tolerance(..., PARITY_ATOL, PARITY_RTOL)`` or on any
+    top-1 class.
     """
     if opset < MIN_OPSET:
         raise FgcliError(f"opset {opset} is too old for fgcli models", hint=f"use --opset {MIN_OPSET} or newer")
@@ -85,8 +86,8 @@ def export_onnx(
     check_onnx(proto, "the exported graph")
     path = Path(out_dir) / "model.onnx"
     reference = torch_logits(model, images)
-    parity = save_checked_onnx(proto, path, images, reference, fp32_parity_tolerance(reference), "PyTorch",
-                               strict_top1=True)
+    parity = save_checked_onnx(proto, path, images, reference, logit_tolerance(reference, PARITY_ATOL, PARITY_RTOL),
+                               "PyTorch", strict_top1=True)
     return ExportResult(path=path, opset=opset, img_size=preprocess.img_size, parity=parity)
 
 
@@ -116,9 +117,8 @@ def export_fp16(
     img_size = meta["preprocess"]["img_size"]
     images = validated_check_images(check_images, img_size)
     reference = onnxruntime_logits(onnx_path, images)
-    tolerance = FP16_RTOL * max(1.0, float(np.abs(reference).max()))
-    parity = save_checked_onnx(proto, out_path, images, reference, tolerance, f"the FP32 model {onnx_path.name}",
-                               strict_top1=False)
+    parity = save_checked_onnx(proto, out_path, images, reference, logit_tolerance(reference, FP16_RTOL, FP16_RTOL),
+                               f"the FP32 model {onnx_path.name}", strict_top1=False)
     return ExportResult(path=out_path, opset=_opset_of(proto), img_size=img_size, parity=parity)
 
 
@@ -175,15 +175,13 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
     return PreprocessConfig(img_size, resize_size, trained.mean, trained.std)
 
 
-def checkpoint_metadata(ckpt: dict[str, Any], preprocess: PreprocessConfig,
-                        model=None) -> dict[str, Any]:
+def checkpoint_metadata(ckpt: dict[str, Any], preprocess: PreprocessConfig, model) -> dict[str, Any]:
     """The decoded fgcli metadata of an FP32 export of ``ckpt``; the ``model``'s INT8 node choices travel to the
     quantizers (``FGVCModel.symmetric_int8_nodes`` / ``float_nodes``)."""
     return {
         "method": ckpt["method"], "backbone": ckpt["backbone"], "class_names": list(ckpt["class_names"]),
         "preprocess": preprocess.to_dict(), "version": fgcli.__version__, "precision": "fp32",
-        "symmetric_int8_nodes": getattr(model, "symmetric_int8_nodes", None),
-        "float_nodes": getattr(model, "float_nodes", None),
+        "symmetric_int8_nodes": model.symmetric_int8_nodes, "float_nodes": model.float_nodes,
     }
 
 
@@ -232,8 +230,9 @@ def check_onnx(proto, what: str) -> None:
                          hint="try --no-simplify or another --opset, and report the method that fails") from exc
 
 
-def fp32_parity_tolerance(reference: np.ndarray) -> float:
-    return max(PARITY_ATOL, PARITY_RTOL * float(np.abs(reference).max()))
+def logit_tolerance(reference: np.ndarray, atol: float, rtol: float) -> float:
+    """``atol``, or ``rtol`` of the largest reference |logit| when that is larger: rounding grows with the logits."""
+    return max(atol, rtol * float(np.abs(reference).max()))
 
 
 def save_checked_onnx(proto, path: Path, images: np.ndarray, reference: np.ndarray, tolerance: float,
