@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +101,8 @@ def python_signature(function) -> list[dict]:
 # ----------------------------------------------------------------------------- walking the module
 
 def _is_enum(cls: type) -> bool:
-    return isinstance(getattr(cls, "__members__", None), dict)
+    """pybind11 enums (and Python ones) carry a ``__members__`` mapping."""
+    return isinstance(getattr(cls, "__members__", None), Mapping)
 
 
 def _static(cls: type, name: str):
@@ -161,6 +163,8 @@ def describe_module(module, version: str) -> dict:
         else:
             constants[name] = f"{type(value).__name__}.{value.name}" if hasattr(value, "name") and _is_enum(
                 type(value)) else type(value).__name__
+    if hasattr(module, "__version__"):  # set by the wheel's __init__.py; fgcli reads it
+        constants["__version__"] = "str"
     return {"version": version, "classes": classes, "enums": enums, "functions": functions,
             "constants": constants}
 
