@@ -410,6 +410,7 @@ def build(
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="calib.npz for the legacy INT8 calibrator."),
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache written by an earlier build (no images needed)."),
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT's verbose builder log."),
+    backend: str = typer.Option("tensorrt", "--backend", help="tensorrt, or tensorrt-rtx (TensorRT for RTX: builds without a GPU, engines for RTX GPUs; pip install 'fgcli[rtx]')."),
 ) -> None:
     """Build a TensorRT engine on the target (Jetson flow: export on a workstation, build on the device)."""
     from fgcli.export.tensorrt import build_engine
@@ -420,7 +421,7 @@ def build(
     with console.status(f"building a TensorRT engine from {onnx_model.name} (minutes on a Jetson)"):
         info = build_engine(onnx_model, out_path=out, precision=precision, batch=_parse_batch(batch),
                             workspace_gib=workspace, timing_cache=timing_cache, dla_core=dla_core,
-                            calib_cache=calib_cache, calib_data=calib_data, verbose=verbose)
+                            calib_cache=calib_cache, calib_data=calib_data, verbose=verbose, backend=backend)
     console.print(f"{info.precision} engine ({info.build_path}, TensorRT {info.tensorrt_version}, "
                   f"{info.build_seconds:.0f} s): [bold]{info.engine_path}[/] + {info.sidecar_path.name}")
 

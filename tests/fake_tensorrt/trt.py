@@ -78,10 +78,11 @@ class _Enum(IntEnum, metaclass=_RecordingEnumType):
 
 
 class _StrEnum(_Enum):
-    """pybind11 enums print their member name (``ErrorCode.__str__`` is the bare name)."""
+    """pybind11 enums print ``Class.MEMBER`` (``str(trt.ErrorCode.INVALID_NODE)`` is "ErrorCode.INVALID_NODE" in the
+    real 10.3 bindings and in TensorRT-RTX 1.7); ``.name`` is the bare member name."""
 
     def __str__(self) -> str:
-        return self.name
+        return f"{type(self).__name__}.{self.name}"
 
 
 def _enums(major: int) -> dict[str, type]:
