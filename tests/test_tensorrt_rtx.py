@@ -79,6 +79,6 @@ def test_every_method_exports_fp32_fp16_and_qdq_onnx_that_rtx_parses_and_builds(
             "model_kwargs": {}, "preprocess": preprocess.to_dict(), "model": model.state_dict()})
         fp32 = export_onnx(checkpoint, folder).path
         sources = {"fp32": fp32, "fp16": export_fp16(fp32).path,
-                   "int8": quantize_modelopt(fp32, calib, folder / "model.int8.onnx").path}
+                   "int8": quantize_modelopt(fp32, calib, folder / "model.int8.onnx").output_path}
         for precision, onnx in sources.items():
             assert built(onnx).precision == precision, (method, precision)
