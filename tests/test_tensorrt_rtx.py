@@ -32,7 +32,7 @@ def test_rtx_parses_and_builds_fp32_fp16_and_qdq_int8_without_a_gpu(tmp_path, ki
     assert info.engine_path == tmp_path / f"model.{kind}.engine"
 
 
-def test_rtx_refuses_weak_typing_calibration_and_unsupported_nodes(tmp_path):
+def test_rtx_refuses_weak_typing_calibration_dla_timing_cache_and_unsupported_nodes(tmp_path):
     fp32 = write_classifier_onnx(tmp_path / "model.onnx")
     with pytest.raises(FgcliError, match="strongly typed networks only"):
         build_engine(fp32, precision="fp16", backend="tensorrt-rtx")
@@ -41,6 +41,8 @@ def test_rtx_refuses_weak_typing_calibration_and_unsupported_nodes(tmp_path):
     custom = write_classifier_onnx(tmp_path / "custom.onnx", custom_op=True)
     with pytest.raises(FgcliError, match="could not parse (?s:.*)'fancy_norm' \\(FancyNorm\\): INVALID_NODE"):
         build_engine(custom, backend="tensorrt-rtx")
+    with pytest.raises(FgcliError, match="has no DLA"):  # RTX's Builder.num_DLA_cores is 0
+        build_engine(write_classifier_onnx(tmp_path / "model.fp16.onnx", fp16=True), backend="tensorrt-rtx", dla_core=0)
     with pytest.raises(FgcliError, match="no timing cache"):
         build_engine(fp32, backend="tensorrt-rtx", timing_cache=tmp_path / "timing.cache")
 

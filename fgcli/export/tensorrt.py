@@ -10,8 +10,12 @@ Build paths (ONNX kind: Q/DQ nodes -> int8, float16 tensors -> fp16, else fp32):
 | fp32, fp16            | flag FP16                     | flag FP16 (deprecated 10.12)   | refused: export --fp16     |
 | fp32, int8 + calib    | INT8 + FP16 + calibrator      | same (deprecated 10.1)         | refused: export --int8     |
 
+TensorRT for RTX (``backend="tensorrt-rtx"``, ``import tensorrt_rtx``) has TensorRT 11's API and takes the
+11.x column; it builds without a GPU.
+
 FP16 rides along with INT8 so layers without an INT8 kernel run in FP16 rather than FP32 (as NVIDIA's
-efficientdet sample does). What was checked, and where:
+efficientdet sample does). Every TensorRT name used here is held to the real bindings of 8.6.1, 10.3.0,
+10.16.1.11 and 11.4.0.106 by ``tests/test_trt_surface.py``. What was checked, and where:
 - NVIDIA/TensorRT ``python/src/infer/pyCore.cpp`` at tags v8.6.1, v10.0.0, v10.16, v11.1:
   8.6 has ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH`` (no STRONGLY_TYPED), ``BuilderFlag.FP16/INT8``,
   ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, size)``, ``int8_calibrator``,
