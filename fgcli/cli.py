@@ -422,7 +422,8 @@ def build(
         info = build_engine(onnx_model, out_path=out, precision=precision, batch=_parse_batch(batch),
                             workspace_gib=workspace, timing_cache=timing_cache, dla_core=dla_core,
                             calib_cache=calib_cache, calib_data=calib_data, verbose=verbose, backend=backend)
-    console.print(f"{info.precision} engine ({info.build_path}, TensorRT {info.tensorrt_version}, "
+    library = "TensorRT-RTX" if info.sidecar["backend"] == "tensorrt-rtx" else "TensorRT"
+    console.print(f"{info.precision} engine ({info.build_path}, {library} {info.tensorrt_version}, "
                   f"{info.build_seconds:.0f} s): [bold]{info.engine_path}[/] + {info.sidecar_path.name}")
 
 

@@ -47,6 +47,18 @@ def test_rtx_refuses_weak_typing_calibration_dla_timing_cache_and_unsupported_no
         build_engine(fp32, backend="tensorrt-rtx", timing_cache=tmp_path / "timing.cache")
 
 
+def test_cli_builds_with_the_rtx_backend(tmp_path):
+    from typer.testing import CliRunner
+
+    from fgcli.cli import app
+
+    onnx = write_classifier_onnx(tmp_path / "model.int8.onnx", qdq=True)
+    result = CliRunner().invoke(app, ["build", str(onnx), "--backend", "tensorrt-rtx", "--batch", "1,1,2"])
+    assert result.exit_code == 0, result.output
+    assert f"int8 engine (strongly-typed, TensorRT-RTX {trt.__version__}" in " ".join(result.output.split())
+    assert (tmp_path / "model.int8.engine").is_file() and (tmp_path / "model.int8.engine.json").is_file()
+
+
 def test_rtx_engine_is_portable_across_gpu_generations(tmp_path):
     """AOT engines run on any RTX GPU of CC 8.0+, so the sidecar check does not pin the build machine's GPU."""
     info = built(write_classifier_onnx(tmp_path / "model.onnx"))
