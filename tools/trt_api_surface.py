@@ -16,7 +16,8 @@ libnvonnxparser.so.N, ...) exporting the dozen factory symbols it links (``creat
 ...). So, per wheel, in a child process: list the undefined symbols (``nm -D``), compile a C stub defining
 them (``gcc -shared``, one copy per soname), import the wheel's package with that stub on
 ``LD_LIBRARY_PATH``, and walk ``dir()`` and each ``__doc__``'s signature lines. Nothing is ever called, so
-the stub's functions never run. Needs gcc and binutils (nm, readelf); no GPU, no TensorRT libraries.
+the stub's functions never run. Needs gcc and binutils (nm, readelf); no GPU, no TensorRT libraries. Run it
+with Python 3.11: the wheels are per Python version and 8.6.1's newest is cp311.
 """
 
 from __future__ import annotations
@@ -244,14 +245,15 @@ def surface_of_wheel(wheel: Path) -> dict:
         result = subprocess.run([sys.executable, "-c", _CHILD, str(work), str(Path(__file__).parent),
                                  wheel_version(wheel)], env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise SystemExit(f"importing {wheel.name} over the stub failed:\n{result.stderr}")
+            raise SystemExit(f"importing {wheel.name} over the stub failed (a wheel for another Python than "
+                             f"{sys.version_info.major}.{sys.version_info.minor}?):\n{result.stderr}")
         return json.loads(result.stdout)
 
 
 def download_default_wheels(directory: Path) -> list[Path]:
     for requirement in DEFAULT_WHEELS:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                        "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64", "--platform",
+                        "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}", "--platform", "manylinux_2_28_x86_64", "--platform",
                         "manylinux_2_17_x86_64", "-d", str(directory), requirement], check=True)
     return sorted(directory.glob("*.whl"))
 
