@@ -247,6 +247,8 @@ def run_training(cfg):
         if not result.interrupted:
             console.print(f"best top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}: "
                           f"[bold]{result.out_dir / 'best.pt'}[/]")
+    if result.interrupted and not is_main:  # rank 0 says what was saved
+        raise typer.Exit(INTERRUPTED_EXIT_CODE)
     if result.interrupted:
         last = result.out_dir / "last.pt"
         raise Interrupted(f"weights so far in {result.out_dir / 'interrupted.pt'}",
@@ -651,6 +653,9 @@ def cam(
     out_dir = out or checkpoint.parent / "cam"
     with _task("drawing attention maps", len(paths)) as advance:
         result = write_cam_figures(checkpoint, paths, out_dir, top_k=top_k, device=device, progress=advance)
+    if top_k > result.num_classes:
+        err_console.print(f"[yellow]note:[/] --top-k {top_k} is more than the {result.num_classes} classes of "
+                          f"{escape(str(checkpoint))}: each caption lists all {result.num_classes}", highlight=False)
     if result.grid:
         console.print(f"{len(result.figures)} figures in [bold]{out_dir}[/] (one per image), "
                       f"all images in [bold]{result.grid}[/]")

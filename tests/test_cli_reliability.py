@@ -69,7 +69,7 @@ def _cases():
         pytest.param(["data", "check", "{tmp}/none"], 2, "none", id="data-check-missing"),
         pytest.param(["predict", "{onnx}", "{data}/test", "--out", "{tmp}/p.csv"], 0, "12 images classified",
                      id="predict"),
-        pytest.param(["predict", "{onnx}", "{data}/test", "--batch-size", "-1"], 2, "--batch-size", id="predict-usage"),
+        pytest.param(["predict", "{onnx}", "{data}/test", "--out", "{tmp}/p.csv", "--batch-size", "-1"], 2, "--batch-size", id="predict-usage"),
         pytest.param(["eval", "{onnx}", "--data", "{data}", "--json"], 0, '"top1"', id="eval"),
         pytest.param(["calib", "{onnx}", "--data", "{data}", "--size", "6", "--out", "{tmp}/c.npz"], 0, "6 images",
                      id="calib"),
@@ -79,7 +79,8 @@ def _cases():
         pytest.param(["models"], 0, "baseline", id="models", marks=slow),
         pytest.param(["doctor", "--json"], 0, '"python"', id="doctor", marks=slow),
         pytest.param(["cam", "{ckpt}", "{bad}/train/alpha/empty.png", "{data}/test/beta/beta_0.png", "--out",
-                      "{tmp}/cam"], 1, "unreadable", id="cam-unreadable", marks=slow),
+                      "{tmp}/cam", "--top-k", "4"], 1, "--top-k 4 is more than the 3 classes", id="cam-unreadable",
+                     marks=slow),
         pytest.param(["export", "{ckpt}", "--out", "{tmp}/export", "--data", "{data}"], 0, "model.onnx",
                      id="export", marks=slow),
         pytest.param(["train", "--data", "{data}", "--out", "{run}"], 2, "--overwrite", id="train-into-a-run",
@@ -88,8 +89,8 @@ def _cases():
 
 
 @pytest.mark.parametrize("args, code, text", _cases())
-def test_every_command_exits_with_the_status_of_its_outcome(args, code, text, tiny_dataset, tiny_checkpoint, tiny_onnx,
-                                                            bad_dataset, tmp_path):
+def test_every_command_exits_with_the_status_of_its_outcome(args, code, text, tiny_dataset, tiny_checkpoint,
+                                                            tiny_onnx, bad_dataset, tmp_path):
     fields = {"tmp": tmp_path, "data": tiny_dataset, "bad": bad_dataset, "onnx": tiny_onnx, "ckpt": tiny_checkpoint,
               "run": tiny_checkpoint.parent}
     if "build" in args and TENSORRT_INSTALLED:
@@ -394,7 +395,8 @@ def test_a_live_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(tiny_dat
     assert lock.read_text() == f"{sleeper.pid}\n" and not (out / "config.json").exists()
 
     notes = []
-    _tiny_run(tiny_dataset, out, hook=lambda event, payload: notes.append(payload["message"]) if event == "note" else None)
+    _tiny_run(tiny_dataset, out,
+              hook=lambda event, payload: notes.append(payload["message"]) if event == "note" else None)
     assert notes == [f"took over the lock {lock} left by pid {sleeper.pid}, which no longer runs"]
     assert (out / "best.pt").is_file() and not lock.exists()
 

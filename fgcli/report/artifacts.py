@@ -6,8 +6,8 @@ when the record matches; otherwise every file the report made there is removed a
 report never measures a model made from another checkpoint. Files it did not make (no record: e.g. written
 by ``fgcli export`` into RUN/export, met with ``--out RUN``) are never removed: the report refuses.
 TensorRT engines are built beside the ONNX they come from (also in a given export folder: engines must be
-built on the machine that runs them) and reused only while their sidecar names the same ONNX sha256, TensorRT version and GPU, with a batch profile large
-enough for the report.
+built on the machine that runs them) and reused only while their sidecar names the same ONNX sha256, TensorRT
+version and GPU, with a batch profile large enough for the report.
 """
 
 from __future__ import annotations
