@@ -52,13 +52,9 @@ def main() -> None:
         # standalone_mode=False: typer returns the code of a typer.Exit (and 130 for a Ctrl-C it caught)
         # instead of exiting; that code is the exit status
         code = app(standalone_mode=False)
-    except Interrupted as exc:
-        err_console.print(f"[yellow]interrupted:[/] {escape(exc.message)}", highlight=False)
-        if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
-        sys.exit(exc.exit_code)
     except FgcliError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
+        label = "[yellow]interrupted:[/]" if isinstance(exc, Interrupted) else "[bold red]error:[/]"
+        err_console.print(f"{label} {escape(exc.message)}", highlight=False)
         if exc.hint:
             err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(exc.exit_code)

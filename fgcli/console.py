@@ -10,6 +10,7 @@ displays go to stderr, so stdout carries only data (``--json``) and results.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from rich.console import Console
 
@@ -17,9 +18,19 @@ from rich.console import Console
 LOG_WIDTH = 200
 
 
+class _SoftWrapConsole(Console):
+    """Prints text soft-wrapped (never cut into lines by rich); tables and other renderables as rich lays
+    them out (``soft_wrap`` would also stop it centring their titles)."""
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **options: Any) -> None:
+        if soft_wrap is None:
+            soft_wrap = all(isinstance(obj, str) for obj in objects)
+        super().print(*objects, soft_wrap=soft_wrap, **options)
+
+
 def make_console(stderr: bool = False) -> Console:
     """A rich Console on stdout (or stderr) that never hard-wraps text."""
-    console = Console(stderr=stderr, soft_wrap=True)
+    console = _SoftWrapConsole(stderr=stderr)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = LOG_WIDTH
     return console
