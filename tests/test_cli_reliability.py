@@ -410,3 +410,15 @@ def test_report_into_a_folder_holding_fgcli_export_files_refuses_and_removes_not
     assert proc.returncode == 2, proc.stderr
     assert f"{export} holds files no report made" in proc.stderr and "another --out" in proc.stderr
     assert _snapshot(export) == before
+
+
+@pytest.mark.slow
+def test_training_in_a_log_file_writes_one_line_per_epoch_and_exits_0(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    code, lines = fgcli_to_log(tmp_path / "train.log", "train", "--data", tiny_dataset, "--out", out, "--backbone",
+                               "resnet18", "--img-size", "32", "--resize-size", "36", "--epochs", "2",
+                               "--batch-size", "8", "--workers", "0", "--device", "cpu")
+    assert code == 0, "\n".join(lines)
+    assert [line.split(":")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1", "epoch 2"]
+    assert len(lines) <= 2 + 5, lines  # layout, note, the bar drawn once, best top-1: no redraw per step
+    assert not (out / ".fgcli.lock").exists()
