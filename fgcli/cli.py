@@ -68,7 +68,7 @@ def main() -> None:
         err_console.print(f"[yellow]hint:[/] {escape(f'pip install fgcli[{extra}]')}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:  # outside a command: typer turns a Ctrl-C inside one into the code 130
-        code = 130
+        code = INTERRUPTED_EXIT_CODE
     except typer.Abort:
         sys.exit(1)
     except TyperException as exc:  # usage errors (bad option values) carry their own message and exit code

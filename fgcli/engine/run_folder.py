@@ -6,7 +6,9 @@ last.pt, best.pt and config.json are each replaced atomically when the new run f
 (and the old run's interrupted.pt is removed then), so a run stopped before that leaves the old one whole.
 
 While a run trains, ``OUT/.fgcli.lock`` (created with O_EXCL, holding the pid) keeps a second run out. A lock
-left by a process that no longer runs (kill -9) is taken over with a note.
+left by a process that no longer runs (kill -9) is taken over with a note. (Two runs that find the same stale
+lock within the same instant may both take it over: the lock guards against a second run started by hand or
+by a scheduler, not against a race of microseconds.)
 """
 
 from __future__ import annotations
