@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fgcli.calibration import softmax_weighted_nodes
+from fgcli.engine.checkpoint import model_from_checkpoint
 from fgcli.errors import FgcliError
 from fgcli.models import create_model
 from fgcli.models.clan import CrossLayerContextAttention, CrossLayerSpatialAttention, mean_softmax_logits
@@ -192,3 +193,18 @@ def test_attention_maps_lie_on_the_mid_grids():
 def test_bad_mid_stages_are_a_clear_error(stages):
     with pytest.raises(FgcliError):
         _model(mid_stages=stages)
+
+
+@pytest.mark.parametrize("change", ["option", "layers"])
+def test_checkpoint_of_the_earlier_clan_is_a_clear_error(change):
+    """Checkpoints of the CLAN before its rebuild carry options (test_heads) and layers (context.*.query) it lacks."""
+    model = _model()
+    state = dict(model.state_dict())
+    kwargs = {"test_heads": "top"} if change == "option" else {}
+    if change == "layers":
+        state["context.layer2.query.weight"] = state.pop("context.layer2.theta.weight")
+    ckpt = {"method": "clan", "num_classes": NUM_CLASSES, "backbone": "resnet18", "model_kwargs": kwargs,
+            "model": state, "fgcli_version": "0.1.0"}
+    with pytest.raises(FgcliError, match="clan checkpoint written by fgcli 0.1.0 does not fit") as caught:
+        model_from_checkpoint(ckpt)
+    assert "retrain" in caught.value.hint
