@@ -29,15 +29,22 @@ from fgcli.models import create_model, list_models
 from fgcli.runtime.torch_runner import TorchRunner
 from fgcli.utils import write_json_atomic, write_text_atomic
 
-#: the papers' own figures, copied from ../shared/methods (not ours; "n/r" = not retrieved there)
+#: the papers' own top-1 %, copied from shared/methods/*.md (not ours); "not found" = our notes could not reach the
+#: paper's table, "not published" = the paper reports no figure there
 PAPER_ACCURACY = {
-    "tasn": {"CUB-200-2011": "87.9", "Stanford Cars": "93.8", "FGVC-Aircraft": "n/r",
-             "note": "ResNet-50; widely cited, unverified against the paper's table; official code README: 87.0 (224) / 88.0 (336) on CUB"},
-    "tdsa": {"CUB-200-2011": "n/r", "Stanford Cars": "n/r", "FGVC-Aircraft": "n/r", "note": "table not retrieved"},
-    "gcam-csa": {"CUB-200-2011": "n/r", "Stanford Cars": "n/r", "FGVC-Aircraft": "n/r", "note": "table not retrieved"},
-    "clan": {"CUB-200-2011": "n/r", "Stanford Cars": "n/r", "FGVC-Aircraft": "n/r", "note": "abstract only"},
-    "ssanet": {"CUB-200-2011": "n/r", "Stanford Cars": "n/r", "FGVC-Aircraft": "n/r", "note": "abstract only"},
-    "baseline": {"CUB-200-2011": "-", "Stanford Cars": "-", "FGVC-Aircraft": "-", "note": "no paper"},
+    "tasn": {"CUB-200-2011": "87.9", "Stanford Cars": "93.8", "FGVC-Aircraft": "not published",
+             "note": "ResNet-50; CLAN's Table 6 lists the same 87.9 / 93.8 / -; official code README: 87.0 (224) / 88.0 (336) on CUB"},
+    "tdsa": {"CUB-200-2011": "not found", "Stanford Cars": "not found", "FGVC-Aircraft": "not found",
+             "note": "table not retrieved (arXiv 2102.00367)"},
+    "gcam-csa": {"CUB-200-2011": "not found", "Stanford Cars": "not found", "FGVC-Aircraft": "not found",
+                 "note": "table not retrieved (arXiv 2101.09666)"},
+    "clan": {"CUB-200-2011": "88.1", "Stanford Cars": "94.2", "FGVC-Aircraft": "93.2",
+             "note": "Table 6, 2-scale ResNet-50 (ours); also R101 88.7 / 94.5 / 93.3, VGG-16 85.9 / 92.9 / 90.3, "
+                     "VGG-16 3-scale 86.8 / 93.1 / 91.0"},
+    "ssanet": {"CUB-200-2011": "not found", "Stanford Cars": "not found", "FGVC-Aircraft": "not found",
+               "note": "abstract only"},
+    "baseline": {"CUB-200-2011": "86.0", "Stanford Cars": "92.0", "FGVC-Aircraft": "89.9",
+                 "note": "no paper of its own: the ResNet-50 baseline row of CLAN's Table 6"},
 }
 
 
@@ -151,7 +158,8 @@ def render_markdown(rows: dict, args, size: int, base_ms: float | None) -> str:
         p = PAPER_ACCURACY.get(method, {})
         lines.append(f"| {method} | {p.get('CUB-200-2011', '?')} | {p.get('Stanford Cars', '?')} | "
                      f"{p.get('FGVC-Aircraft', '?')} | {p.get('note', '')} |")
-    lines += ["", "n/r: not retrieved; our notes (shared/methods) could not reach the paper's tables.", ""]
+    lines += ["", "not found: our notes (shared/methods) could not reach the paper's table; not published: the paper "
+              "reports no figure for that dataset.", ""]
     return "\n".join(lines)
 
 

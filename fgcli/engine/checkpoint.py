@@ -46,8 +46,15 @@ def model_from_checkpoint(ckpt: dict[str, Any]):
     """Rebuild the model a checkpoint describes, load its weights, and return it in eval mode."""
     from fgcli.models import create_model
 
-    model = create_model(
-        ckpt["method"], ckpt["num_classes"], backbone=ckpt["backbone"], **ckpt.get("model_kwargs", {})
-    )
-    model.load_state_dict(ckpt["model"])
+    method = ckpt["method"]
+    try:
+        model = create_model(method, ckpt["num_classes"], backbone=ckpt["backbone"], **ckpt.get("model_kwargs", {}))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError) as exc:  # options or layers this fgcli's model no longer has
+        raise FgcliError(
+            f"the {method} checkpoint written by fgcli {ckpt.get('fgcli_version', '(unknown version)')} does not fit "
+            f"fgcli {fgcli.__version__}'s {method} model: {str(exc).splitlines()[0]}",
+            hint=f"the {method} model changed since that version (CLAN was rebuilt from its paper's figures); "
+                 "retrain it with fgcli train",
+        ) from exc
     return model.eval()
