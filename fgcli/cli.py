@@ -301,13 +301,13 @@ def predict(
     model: Path = typer.Argument(..., help="A .pt checkpoint, .onnx model or .engine file."),
     folder: Path = typer.Argument(..., help="Folder of images (searched recursively) or one image."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV: path, top-k classes and probabilities, error."),
-    topk: int = typer.Option(5, "--topk", min=1),
+    topk: Optional[int] = typer.Option(None, "--topk", min=1, help="Classes per image (default: 5, or all if fewer)."),
     batch_size: int = typer.Option(32, "--batch-size"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda."),
     json_out: bool = typer.Option(False, "--json", help="Also print the predictions as JSON on stdout."),
 ) -> None:
     """Classify every image under FOLDER; unreadable files are listed, never fatal."""
-    from fgcli.engine.predict import find_images, predict_paths, predictions_json, write_predictions_csv
+    from fgcli.engine.predict import find_images, predict_paths, predictions_json, resolve_topk, write_predictions_csv
     from fgcli.runtime import open_runner
 
     paths = find_images(folder)
@@ -319,7 +319,7 @@ def predict(
         else:
             with _task(f"predicting ({runner.name})", len(paths)) as advance:
                 predictions = predict_paths(runner, paths, topk=topk, batch_size=batch_size, progress=advance)
-        k = min(topk, len(runner.class_names))
+        k = resolve_topk(topk, runner.class_names)
     write_predictions_csv(out, predictions, k)
     failed = [p for p in predictions if p.error]
     if json_out:

@@ -24,9 +24,11 @@ def _load_one(path: str, bottom_crop: int, cfg: PreprocessConfig) -> np.ndarray 
     try:
         return preprocess_eval(load_rgb(path, bottom_crop=bottom_crop), cfg)
     except DataError as exc:
-        return exc.message
+        return exc.message if path in exc.message else f"{path}: {exc.message}"
     except OSError as exc:
         return f"{path}: {exc}"
+    except MemoryError:  # one image must never take a whole predict or eval run down
+        return f"{path}: not enough memory to load and preprocess it"
 
 
 def iter_image_batches(

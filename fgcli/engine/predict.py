@@ -17,6 +17,7 @@ from fgcli.errors import FgcliError
 from fgcli.utils import write_text_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEFAULT_TOPK = 5
 
 
 @dataclass
@@ -37,12 +38,26 @@ def find_images(folder: str | Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def resolve_topk(topk: int | None, class_names: list[str]) -> int:
+    """``None``: 5, or every class when the model has fewer; an explicit ``topk`` must fit the model."""
+    if topk is None:
+        return min(DEFAULT_TOPK, len(class_names))
+    if not 1 <= topk <= len(class_names):
+        raise FgcliError(f"top-k {topk} is not between 1 and the {len(class_names)} classes this model has",
+                         hint=f"pass --topk between 1 and {len(class_names)}, or leave it out")
+    return topk
+
+
 def predict_paths(
-    runner, paths: list[str], topk: int = 5, batch_size: int = 32, threads: int = 4,
+    runner, paths: list[str], topk: int | None = None, batch_size: int = 32, threads: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> list[Prediction]:
     """Top-k class names and probabilities per image; unreadable images get an ``error`` instead."""
-    k = max(1, min(topk, len(runner.class_names)))
+    k = resolve_topk(topk, runner.class_names)
+    if batch_size < 1:
+        raise FgcliError(f"batch size {batch_size} must be at least 1", hint="pass --batch-size 1 or more")
+    if not paths:
+        raise FgcliError("no images to predict", hint="pass a folder holding .jpg / .png / ... files")
     predictions: list[Prediction] = [Prediction(p, [], []) for p in paths]
     for batch in iter_image_batches(paths, runner.preprocess, batch_size, threads):
         for i, reason in batch.errors.items():
