@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from fgcli.utils import atomic_path
 
 #: keys every checkpoint carries so that later commands need no flags repeated
 REQUIRED_KEYS = ("method", "backbone", "num_classes", "class_names", "preprocess", "model")
+CHECKPOINT_HINT = "use RUN/best.pt or RUN/last.pt as written by fgcli train (copy it again if it was cut short)"
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -24,30 +26,52 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def torch_load_safely(path: str | os.PathLike, hint: str) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never pickled code.
+
+    Its errors become one FgcliError that says whether the file is damaged or holds Python objects, without
+    torch's advice to retry with ``weights_only=False`` (which would run whatever the file carries).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).split("\n\n")[1:2] or [""]
+        detail = detail[0].strip().replace("Please file an issue with the following so that we can make "
+                                            "`weights_only=True` compatible with your use case: ", "")
+        raise FgcliError(f"refused to load {path}: it is not a plain tensor file ({detail or 'unpickling failed'}); "
+                         "fgcli never runs code stored in a checkpoint", hint=hint) from None
+    except Exception as exc:  # torch raises RuntimeError for a damaged zip, EOFError or ValueError for others
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FgcliError(f"cannot read {path}: it is damaged or not a PyTorch file (truncated by a killed copy?): "
+                         f"{first_line}", hint=hint) from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` and check it is an fgcli checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FgcliError(f"checkpoint not found: {path}", hint="pass RUN/best.pt or RUN/last.pt written by fgcli train")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FgcliError(
-            f"could not load checkpoint {path}: {exc}",
-            hint="fgcli loads checkpoints with weights_only=True; use a file written by fgcli train",
-        ) from exc
+    ckpt = torch_load_safely(path, hint=CHECKPOINT_HINT)
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise FgcliError(f"{path} is not an fgcli checkpoint (missing: {', '.join(missing)})")
+        raise FgcliError(f"{path} is not an fgcli checkpoint (missing: {', '.join(missing)})", hint=CHECKPOINT_HINT)
+    if len(ckpt["class_names"]) != ckpt["num_classes"]:
+        raise FgcliError(f"{path} lists {len(ckpt['class_names'])} class names for {ckpt['num_classes']} classes",
+                         hint=CHECKPOINT_HINT)
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]):
+def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike = "the checkpoint"):
     """Rebuild the model a checkpoint describes, load its weights, and return it in eval mode."""
     from fgcli.models import create_model
 
     model = create_model(
         ckpt["method"], ckpt["num_classes"], backbone=ckpt["backbone"], **ckpt.get("model_kwargs", {})
     )
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:  # missing / unexpected keys, wrong shapes
+        first_lines = " ".join(str(exc).split())[:300]
+        raise FgcliError(f"the weights in {source} do not fit a {ckpt['method']} model with a {ckpt['backbone']} "
+                         f"backbone and {ckpt['num_classes']} classes: {first_lines}", hint=CHECKPOINT_HINT) from None
     return model.eval()
