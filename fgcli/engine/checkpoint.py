@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically; adds the fgcli version."""
     state = {"fgcli_version": fgcli.__version__, **state}
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) as "enforce fail at ..."
+            free_mb = shutil.disk_usage(tmp.parent).free / 1e6
+            raise FgcliError(f"cannot write {path}: torch.save failed with {free_mb:.1f} MB free in {tmp.parent} "
+                             f"({str(exc).strip()[:200]}); the previous file, if any, is unchanged",
+                             hint="free some space there (a full disk fails like this), or pass another --out") from None
     return Path(path)
 
 
