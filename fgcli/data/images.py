@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -11,6 +12,7 @@ from fgcli.errors import DataError
 #: refused before decoding: a longer side this many times the shorter one is no photo, and resizing its
 #: shorter side to the model's resolution would ask for gigabytes (a 20000000x1 PNG is 2.5 KB)
 MAX_ASPECT_RATIO = 100
+_TOO_MANY_PIXELS = "more than the {:,} pixels fgcli decodes (PIL's decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS)"
 BAD_IMAGE_HINT = "re-download or remove the file (fgcli data check lists every bad file), or pass --skip-bad"
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -29,8 +31,7 @@ def check_dimensions(path: str | os.PathLike, width: int, height: int) -> None:
         raise BadImageError(path, f"the header declares {width}x{height} pixels")
     limit = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb warning threshold, ~89.5 M pixels (~270 MB as RGB)
     if limit and width * height > limit:
-        raise BadImageError(path, f"{width}x{height} is {width * height:,} pixels, more than the {limit:,} fgcli "
-                                  "decodes (PIL's decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS)")
+        raise BadImageError(path, f"{width}x{height} is {width * height:,} pixels, {_TOO_MANY_PIXELS.format(limit)}")
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise BadImageError(path, f"{width}x{height} has an aspect ratio above {MAX_ASPECT_RATIO}:1, which fgcli "
                                   "refuses (resizing its shorter side to the model's input would need gigabytes)")
@@ -58,8 +59,10 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         raise BadImageError(path, "permission denied") from None
     except IsADirectoryError:
         raise BadImageError(path, "this is a folder, not an image file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImageError(path, f"too many pixels to decode safely ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # PIL's check, before ours
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared.group(1)):,} pixels" if declared else "too many pixels"
+        raise BadImageError(path, f"{size}, {_TOO_MANY_PIXELS.format(Image.MAX_IMAGE_PIXELS)}") from None
     except MemoryError:
         raise BadImageError(path, "not enough memory to decode it") from None
     except UnidentifiedImageError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,13 @@ def torch_load_safely(path: str | os.PathLike, hint: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = str(exc).split("\n\n")[1:2] or [""]
-        detail = detail[0].strip().replace("Please file an issue with the following so that we can make "
-                                            "`weights_only=True` compatible with your use case: ", "")
-        raise FgcliError(f"refused to load {path}: it is not a plain tensor file ({detail or 'unpickling failed'}); "
-                         "fgcli never runs code stored in a checkpoint", hint=hint) from None
+        text = str(exc)
+        called = re.search(r"GLOBAL ([\w.]+)", text)
+        other = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        detail = (f"loading it would call {called.group(1)}" if called else
+                  other.group(1).strip() if other else "not a tensor pickle")
+        raise FgcliError(f"refused to load {path}: it is damaged or carries Python objects, not only tensors "
+                         f"({detail}); fgcli never runs code stored in a checkpoint", hint=hint) from None
     except Exception as exc:  # torch raises RuntimeError for a damaged zip, EOFError or ValueError for others
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FgcliError(f"cannot read {path}: it is damaged or not a PyTorch file (truncated by a killed copy?): "

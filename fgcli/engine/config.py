@@ -77,14 +77,21 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def validate(self) -> None:
-        if self.img_size % 32:
-            raise FgcliError(f"--img-size {self.img_size} is not divisible by 32", hint="use e.g. 224, 448 or 128")
+        if self.img_size < BACKBONE_STRIDE:
+            raise FgcliError(f"--img-size {self.img_size} is smaller than the {BACKBONE_STRIDE} px the ResNet backbones "
+                             f"reduce an image by (their output stride)", hint="use e.g. 224, 448 or, for a quick test, 64")
+        if self.img_size % BACKBONE_STRIDE:
+            raise FgcliError(f"--img-size {self.img_size} is not divisible by {BACKBONE_STRIDE}", hint="use e.g. 224, 448 or 128")
         if self.resize_size < self.img_size:
             raise FgcliError(f"--resize-size {self.resize_size} is smaller than --img-size {self.img_size}")
         if self.schedule not in ("cosine", "step"):
             raise FgcliError(f"unknown schedule '{self.schedule}'", hint="use cosine or step")
         if self.epochs < 1 or self.batch_size < 1:
             raise FgcliError("--epochs and --batch-size must be at least 1")
+
+
+#: every backbone halves the image five times: a smaller input leaves nothing for the attention maps
+BACKBONE_STRIDE = 32
 
 
 def load_recipe(method: str, name: str) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class Trainer:
     """Owns the model, optimizer, schedule and data of one run; ``fit()`` runs it."""
 
     def __init__(self, cfg: TrainConfig, hook: ProgressHook | None = None):
+        cfg.validate()
         self.cfg = cfg
         self.hook = hook or (lambda event, payload: None)
         self.device = resolve_torch_device(torch, cfg.device)
