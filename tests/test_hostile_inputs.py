@@ -344,8 +344,9 @@ def test_topk_above_the_class_count_is_refused_by_the_library_and_defaults_to_at
     with open_runner(write_classifier_onnx(tmp_path / "model.onnx"), device="cpu") as runner:
         with pytest.raises(FgcliError, match="top-k 4 is not between 1 and the 3 classes"):
             predict_paths(runner, [str(tmp_path / "a.png")], topk=4)
-        with pytest.raises(FgcliError, match="batch size 0 must be at least 1"):
-            predict_paths(runner, [str(tmp_path / "a.png")], batch_size=0)
+        for batch_size in (0, -1):
+            with pytest.raises(FgcliError, match=f"batch size {batch_size} must be at least 1"):
+                predict_paths(runner, [str(tmp_path / "a.png")], batch_size=batch_size)
         assert len(predict_paths(runner, [str(tmp_path / "a.png")])[0].classes) == 3  # default 5, capped
 
 
@@ -700,6 +701,15 @@ def test_an_image_size_below_the_backbone_stride_is_refused(tiny_dataset, tmp_pa
     for size in (16, 0, -32):
         with pytest.raises(FgcliError, match=f"--img-size {size} is smaller than the 32 px"):
             train(tiny_train_config(tiny_dataset, tmp_path / "run", img_size=size))
+
+
+def test_exporting_below_the_backbone_stride_is_refused(tiny_checkpoint):
+    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.export.onnx import export_preprocess
+
+    with pytest.raises(FgcliError, match="--img-size 16 is smaller than the 32 px"):
+        export_preprocess(load_checkpoint(tiny_checkpoint), 16)
+    assert export_preprocess(load_checkpoint(tiny_checkpoint), 64).resize_size == 72
 
 
 def test_a_calibration_size_larger_than_the_split_uses_all_and_says_so(tiny_dataset):

@@ -10,7 +10,7 @@ import numpy as np
 
 from fgcli.data.images import load_rgb
 from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
-from fgcli.errors import DataError
+from fgcli.errors import DataError, FgcliError
 
 
 @dataclass
@@ -36,6 +36,8 @@ def iter_image_batches(
     bottom_crops: Sequence[int] | None = None,
 ) -> Iterator[ImageBatch]:
     """Yield preprocessed batches in input order; unreadable images are reported, never raised."""
+    if batch_size < 1:
+        raise FgcliError(f"batch size {batch_size} must be at least 1", hint="pass --batch-size 1 or more")
     crops = bottom_crops or [0] * len(paths)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for start in range(0, len(paths), batch_size):

@@ -54,8 +54,6 @@ def predict_paths(
 ) -> list[Prediction]:
     """Top-k class names and probabilities per image; unreadable images get an ``error`` instead."""
     k = resolve_topk(topk, runner.class_names)
-    if batch_size < 1:
-        raise FgcliError(f"batch size {batch_size} must be at least 1", hint="pass --batch-size 1 or more")
     if not paths:
         raise FgcliError("no images to predict", hint="pass a folder holding .jpg / .png / ... files")
     predictions: list[Prediction] = [Prediction(p, [], []) for p in paths]

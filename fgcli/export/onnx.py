@@ -173,6 +173,9 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
     trained = PreprocessConfig.from_dict(ckpt["preprocess"])
     if img_size is None or img_size == trained.img_size:
         return trained
+    from fgcli.engine.config import check_img_size
+
+    check_img_size(img_size)
     resize_size = int(img_size * trained.resize_size / trained.img_size + 0.5)
     return PreprocessConfig(img_size, resize_size, trained.mean, trained.std)
 
