@@ -634,9 +634,12 @@ def test_a_full_disk_is_a_clear_error_keeping_the_old_files(full_disk):
 
 
 @pytest.mark.slow
-def test_training_onto_a_full_disk_stops_with_a_clear_error(full_disk, tiny_dataset):
-    proc = run_fgcli("train", "--data", tiny_dataset, "--out", full_disk / "run", "--img-size", "32",
-                     "--resize-size", "36", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu")
+def test_training_onto_a_full_disk_stops_with_a_clear_error(full_disk, tmp_path):
+    from conftest import write_tiny_folder_dataset
+
+    data = write_tiny_folder_dataset(tmp_path / "data", per_split={"train": 3, "test": 1})
+    proc = run_fgcli("train", "--data", data, "--out", full_disk / "run", "--img-size", "32",
+                     "--resize-size", "36", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert f"cannot write {full_disk / 'run'}" in one_line(proc.stderr)
     assert not [p.name for p in (full_disk / "run").iterdir() if p.name.endswith(".tmp")]
