@@ -87,7 +87,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None
                 if pid is None:
                     stale = old and os.path.exists(os.path.join(folder, match.group("target")))
                 else:
-                    stale = old or (int(pid) != os.getpid() and not _process_exists(int(pid)))
+                    stale = old or (int(pid) != os.getpid() and not process_runs(int(pid)))
                 if stale:
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
@@ -96,12 +96,13 @@ def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None
     return removed
 
 
-def _process_exists(pid: int) -> bool:
+def process_runs(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (signal 0 tests without signalling)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # it exists, owned by someone else
+    except PermissionError:  # it runs, under another user
         return True
     return True
 
