@@ -355,7 +355,7 @@ def predict(
                               f"each row lists all {k}", highlight=False)
         try:
             with _task(f"predicting ({runner.name})", len(paths)) as advance:
-                for batch in iter_predictions(runner, paths, topk=topk, batch_size=batch_size, progress=advance):
+                for batch in iter_predictions(runner, paths, topk=k, batch_size=batch_size, progress=advance):
                     predictions.extend(batch)
         except KeyboardInterrupt:
             if not predictions:

@@ -2,33 +2,109 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+#: a temporary file whose writer is gone, or older than this, is left over from a killed write
+STALE_TMP_SECONDS = 6 * 3600
+#: ``.<target name>.<writer pid>.<mkstemp's 8 random characters>.tmp``; earlier fgcli versions wrote no pid
+_TMP_NAME = re.compile(r"^\.(?P<target>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
-    A reader never sees a half-written file, even if the writer is killed.
+    A reader never sees a half-written file, even if the writer is killed. The temporary file is named after
+    the writer's pid, so the next write into the folder removes what a killed writer left behind
+    (:func:`remove_stale_temporaries`). A full disk or a read-only folder is an FgcliError naming the folder;
+    the old file is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_error(path, exc) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_WRITE_ERRNOS = (*_FULL_ERRNOS, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _write_error(path: Path, exc: OSError):
+    from fgcli.errors import FgcliError
+
+    if exc.errno in _FULL_ERRNOS:
+        return FgcliError(f"cannot write {path}: no space left in {path.parent} ({exc.strerror}); "
+                          "the previous file, if any, is unchanged", hint="free some space there, or pass another --out")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return FgcliError(f"cannot write {path}: the folder {path.parent} is not writable ({exc.strerror})",
+                          hint="pass an --out folder you can write to, or fix its permissions")
+    return FgcliError(f"cannot write {path}: {exc}", hint="check the folder and the disk")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Delete the temporary files of atomic writes that never finished (their writer was killed) in ``folder``.
+
+    Stale: the pid in the name no longer runs, or the file is older than ``STALE_TMP_SECONDS`` (a reused pid).
+    A name without a pid (earlier fgcli versions) is removed only when old and its target file exists beside
+    it, so a stranger's hidden ``.tmp`` file is never touched. Returns what was removed.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = _TMP_NAME.match(entry.name)
+            if not match or not entry.is_file(follow_symlinks=False):
+                continue
+            pid = match.group("pid")
+            try:
+                old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
+                if pid is None:
+                    stale = old and os.path.exists(os.path.join(folder, match.group("target")))
+                else:
+                    stale = old or (int(pid) != os.getpid() and not process_runs(int(pid)))
+                if stale:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:  # gone already, or not ours to remove
+                continue
+    return removed
+
+
+def process_runs(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (signal 0 tests without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, under another user
+        return True
+    return True
 
 
 def _umask() -> int:

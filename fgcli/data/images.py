@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fgcli.errors import DataError
 
+#: refused before decoding: a longer side this many times the shorter one is no photo, and resizing its
+#: shorter side to the model's resolution would ask for gigabytes (a 20000000x1 PNG is 2.5 KB)
+MAX_ASPECT_RATIO = 100
+_TOO_MANY_PIXELS = "more than the {:,} pixels fgcli decodes (PIL's decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS)"
 BAD_IMAGE_HINT = "re-download or remove the file (fgcli data check lists every bad file), or pass --skip-bad"
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -20,14 +25,32 @@ class BadImageError(DataError):
         self.reason = reason
 
 
+def check_dimensions(path: str | os.PathLike, width: int, height: int) -> None:
+    """Refuse sizes that cannot be decoded or resized safely, from the header alone (before any pixel is read)."""
+    if width < 1 or height < 1:
+        raise BadImageError(path, f"the header declares {width}x{height} pixels")
+    limit = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb warning threshold, ~89.5 M pixels (~270 MB as RGB)
+    if limit and width * height > limit:
+        raise BadImageError(path, f"{width}x{height} is {width * height:,} pixels, {_TOO_MANY_PIXELS.format(limit)}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise BadImageError(path, f"{width}x{height} has an aspect ratio above {MAX_ASPECT_RATIO}:1, which fgcli "
+                                  "refuses (resizing its shorter side to the model's input would need gigabytes)")
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Fully decode ``path`` in its own mode, so that truncated or corrupt files fail here, not in a batch."""
+    """Fully decode ``path`` in its own mode, so that truncated or corrupt files fail here, not in a batch.
+
+    The EXIF orientation is applied (``ImageOps.exif_transpose``): a phone photo stored sideways with an
+    orientation tag is returned upright, as image viewers show it. torchvision's ``ImageFolder`` loader and
+    timm's datasets do not do this, so fgcli's train, eval, predict and ONNX checks all see upright images.
+    """
     try:
         if os.path.getsize(path) == 0:
             raise BadImageError(path, "the file is empty (0 bytes)")
         with Image.open(path) as img:
+            check_dimensions(path, *img.size)
             img.load()
-            return img.copy()
+            return ImageOps.exif_transpose(img)  # a copy, so the file is closed on return
     except BadImageError:
         raise
     except FileNotFoundError:
@@ -36,8 +59,12 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         raise BadImageError(path, "permission denied") from None
     except IsADirectoryError:
         raise BadImageError(path, "this is a folder, not an image file") from None
-    except Image.DecompressionBombError as exc:
-        raise BadImageError(path, f"too many pixels to decode safely ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # PIL's check, before ours
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared.group(1)):,} pixels" if declared else "too many pixels"
+        raise BadImageError(path, f"{size}, {_TOO_MANY_PIXELS.format(Image.MAX_IMAGE_PIXELS)}") from None
+    except MemoryError:
+        raise BadImageError(path, "not enough memory to decode it") from None
     except UnidentifiedImageError:
         raise BadImageError(path, "not an image file PIL can identify") from None
     except (OSError, SyntaxError, ValueError) as exc:

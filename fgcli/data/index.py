@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fgcli.errors import DataError
+
 
 @dataclass
 class Sample:
@@ -32,3 +34,29 @@ class DatasetSplit:
         """Images per class name, in class order."""
         counter = Counter(s.label for s in self.samples)
         return {name: counter.get(i, 0) for i, name in enumerate(self.class_names)}
+
+
+def read_index_lines(path: Path, restore_hint: str) -> list[tuple[int, str]]:
+    """(1-based line number, stripped text) of the non-blank lines of a dataset's text index.
+
+    Accepts what downloaded and re-saved files carry: a UTF-8 byte-order mark, CRLF line endings, blank
+    lines, trailing spaces. Anything not UTF-8 is refused with its line number rather than guessed at.
+    """
+    if not path.is_file():
+        raise DataError(f"missing annotation file {path}", hint=restore_hint)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})",
+                        hint="re-save the file as UTF-8, or " + restore_hint) from None
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def require_samples(split: DatasetSplit, source: str) -> DatasetSplit:
+    """A split with no images is an error here, not a division by zero later; ``source`` says where it is set."""
+    if not split.samples:
+        raise DataError(f"the '{split.split}' split of {split.root} has no images: {source}",
+                        hint="pass another --split, or fix the dataset's split files")
+    return split

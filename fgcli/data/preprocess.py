@@ -9,10 +9,12 @@ import numpy as np
 from PIL import Image
 
 from fgcli.data.images import to_rgb
-from fgcli.errors import FgcliError
+from fgcli.errors import DataError, FgcliError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the most pixels the eval resize may produce (~200 MB as RGB): checked before resizing, not by a MemoryError
+MAX_RESIZED_PIXELS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ def preprocess_eval(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """Resize shorter side (bilinear), center crop, scale to [0, 1], normalise: ``(3, S, S)`` float32."""
     img = to_rgb(img)
     width, height = resized_size(*img.size, cfg.resize_size)
+    if width * height > MAX_RESIZED_PIXELS:
+        raise DataError(f"a {img.size[0]}x{img.size[1]} image resized to {width}x{height} would exceed the "
+                        f"{MAX_RESIZED_PIXELS:,} pixels fgcli allows (its aspect ratio is too extreme)",
+                        hint="crop the image to the object, or remove it")
     img = img.resize((width, height), Image.BILINEAR)
     img = img.crop(center_crop_box(width, height, cfg.img_size))
     array = np.asarray(img, dtype=np.float32) / 255.0

@@ -10,7 +10,7 @@ import numpy as np
 
 from fgcli.data.images import load_rgb
 from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
-from fgcli.errors import DataError
+from fgcli.errors import DataError, FgcliError
 
 
 @dataclass
@@ -24,9 +24,11 @@ def _load_one(path: str, bottom_crop: int, cfg: PreprocessConfig) -> np.ndarray 
     try:
         return preprocess_eval(load_rgb(path, bottom_crop=bottom_crop), cfg)
     except DataError as exc:
-        return exc.message
+        return exc.message if path in exc.message else f"{path}: {exc.message}"
     except OSError as exc:
         return f"{path}: {exc}"
+    except MemoryError:  # one image must never take a whole predict or eval run down
+        return f"{path}: not enough memory to load and preprocess it"
 
 
 def iter_image_batches(
@@ -34,6 +36,8 @@ def iter_image_batches(
     bottom_crops: Sequence[int] | None = None,
 ) -> Iterator[ImageBatch]:
     """Yield preprocessed batches in input order; unreadable images are reported, never raised."""
+    if batch_size < 1:
+        raise FgcliError(f"batch size {batch_size} must be at least 1", hint="pass --batch-size 1 or more")
     crops = bottom_crops or [0] * len(paths)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for start in range(0, len(paths), batch_size):

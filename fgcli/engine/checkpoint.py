@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +17,43 @@ from fgcli.utils import atomic_path
 
 #: keys every checkpoint carries so that later commands need no flags repeated
 REQUIRED_KEYS = ("method", "backbone", "num_classes", "class_names", "preprocess", "model")
+CHECKPOINT_HINT = "use RUN/best.pt or RUN/last.pt as written by fgcli train (copy it again if it was cut short)"
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically; adds the fgcli version."""
     state = {"fgcli_version": fgcli.__version__, **state}
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) as "enforce fail at ..."
+            free_mb = shutil.disk_usage(tmp.parent).free / 1e6
+            raise FgcliError(f"cannot write {path}: torch.save failed with {free_mb:.1f} MB free in {tmp.parent} "
+                             f"({str(exc).strip()[:200]}); the previous file, if any, is unchanged",
+                             hint="free some space there (a full disk fails like this), or pass another --out") from None
     return Path(path)
+
+
+def torch_load_safely(path: str | os.PathLike, hint: str) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never pickled code.
+
+    Its errors become one FgcliError that says whether the file is damaged or holds Python objects, without
+    torch's advice to retry with ``weights_only=False`` (which would run whatever the file carries).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        called = re.search(r"GLOBAL ([\w.]+)", text)
+        other = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        detail = (f"loading it would call {called.group(1)}" if called else
+                  other.group(1).strip() if other else "not a tensor pickle")
+        raise FgcliError(f"refused to load {path}: it is damaged or carries Python objects, not only tensors "
+                         f"({detail}); fgcli never runs code stored in a checkpoint", hint=hint) from None
+    except Exception as exc:  # torch raises RuntimeError for a damaged zip, EOFError or ValueError for others
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FgcliError(f"cannot read {path}: it is damaged or not a PyTorch file (truncated by a killed copy?): "
+                         f"{first_line}", hint=hint) from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -29,20 +61,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FgcliError(f"checkpoint not found: {path}", hint="pass RUN/best.pt or RUN/last.pt written by fgcli train")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FgcliError(
-            f"could not load checkpoint {path}: {exc}",
-            hint="fgcli loads checkpoints with weights_only=True; use a file written by fgcli train",
-        ) from exc
+    ckpt = torch_load_safely(path, hint=CHECKPOINT_HINT)
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise FgcliError(f"{path} is not an fgcli checkpoint (missing: {', '.join(missing)})")
+        raise FgcliError(f"{path} is not an fgcli checkpoint (missing: {', '.join(missing)})", hint=CHECKPOINT_HINT)
+    if len(ckpt["class_names"]) != ckpt["num_classes"]:
+        raise FgcliError(f"{path} lists {len(ckpt['class_names'])} class names for {ckpt['num_classes']} classes",
+                         hint=CHECKPOINT_HINT)
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]):
+def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike = "the checkpoint"):
     """Rebuild the model a checkpoint describes, load its weights, and return it in eval mode."""
     from fgcli.models import create_model
 
@@ -50,11 +79,13 @@ def model_from_checkpoint(ckpt: dict[str, Any]):
     try:
         model = create_model(method, ckpt["num_classes"], backbone=ckpt["backbone"], **ckpt.get("model_kwargs", {}))
         model.load_state_dict(ckpt["model"])
-    except (TypeError, RuntimeError) as exc:  # options or layers this fgcli's model no longer has
+    except (RuntimeError, TypeError, AttributeError) as exc:  # options, keys or shapes this model no longer has
+        first_lines = " ".join(str(exc).split())[:300]
         raise FgcliError(
-            f"the {method} checkpoint written by fgcli {ckpt.get('fgcli_version', '(unknown version)')} does not fit "
-            f"fgcli {fgcli.__version__}'s {method} model: {str(exc).splitlines()[0]}",
-            hint=f"the {method} model changed since that version (CLAN was rebuilt from its paper's figures); "
-                 "retrain it with fgcli train",
-        ) from exc
+            f"the weights in {source} do not fit a {method} model with a {ckpt['backbone']} backbone and "
+            f"{ckpt['num_classes']} classes (written by fgcli {ckpt.get('fgcli_version', '(unknown version)')}, "
+            f"this is fgcli {fgcli.__version__}): {first_lines}",
+            hint=f"{CHECKPOINT_HINT}; if the {method} model changed since that version (CLAN was rebuilt from its "
+                 "paper's figures), retrain it with fgcli train",
+        ) from None
     return model.eval()

@@ -14,6 +14,17 @@ from typing import Any
 
 from fgcli.errors import FgcliError
 
+#: every backbone halves the image five times: a smaller input leaves nothing for the attention maps
+BACKBONE_STRIDE = 32
+
+
+def check_img_size(img_size: int) -> None:
+    """Refuse an input size below the backbones' output stride (training, or exporting at another size)."""
+    if img_size < BACKBONE_STRIDE:
+        raise FgcliError(f"--img-size {img_size} is smaller than the {BACKBONE_STRIDE} px the ResNet backbones "
+                         "reduce an image by (their output stride)", hint="use e.g. 224, 448 or, for a quick test, 64")
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -78,8 +89,9 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def validate(self) -> None:
-        if self.img_size % 32:
-            raise FgcliError(f"--img-size {self.img_size} is not divisible by 32", hint="use e.g. 224, 448 or 128")
+        check_img_size(self.img_size)
+        if self.img_size % BACKBONE_STRIDE:
+            raise FgcliError(f"--img-size {self.img_size} is not divisible by {BACKBONE_STRIDE}", hint="use e.g. 224, 448 or 128")
         if self.resize_size < self.img_size:
             raise FgcliError(f"--resize-size {self.resize_size} is smaller than --img-size {self.img_size}")
         if self.schedule not in ("cosine", "step"):

@@ -17,6 +17,7 @@ from fgcli.errors import FgcliError
 from fgcli.utils import write_text_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEFAULT_TOPK = 5
 
 
 @dataclass
@@ -37,8 +38,18 @@ def find_images(folder: str | Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def resolve_topk(topk: int | None, class_names: list[str]) -> int:
+    """``None``: 5, or every class when the model has fewer; an explicit ``topk`` must fit the model."""
+    if topk is None:
+        return min(DEFAULT_TOPK, len(class_names))
+    if not 1 <= topk <= len(class_names):
+        raise FgcliError(f"top-k {topk} is not between 1 and the {len(class_names)} classes this model has",
+                         hint=f"pass --topk between 1 and {len(class_names)}, or leave it out")
+    return topk
+
+
 def predict_paths(
-    runner, paths: list[str], topk: int = 5, batch_size: int = 32, threads: int = 4,
+    runner, paths: list[str], topk: int | None = None, batch_size: int = 32, threads: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> list[Prediction]:
     """Top-k class names and probabilities per image; unreadable images get an ``error`` instead."""
@@ -46,12 +57,14 @@ def predict_paths(
 
 
 def iter_predictions(
-    runner, paths: list[str], topk: int = 5, batch_size: int = 32, threads: int = 4,
+    runner, paths: list[str], topk: int | None = None, batch_size: int = 32, threads: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[list[Prediction]]:
     """``predict_paths`` batch by batch, in input order: a caller stopped half-way (Ctrl-C) keeps the
     predictions of the batches already yielded."""
-    k = max(1, min(topk, len(runner.class_names)))
+    k = resolve_topk(topk, runner.class_names)
+    if not paths:
+        raise FgcliError("no images to predict", hint="pass a folder holding .jpg / .png / ... files")
     for batch in iter_image_batches(paths, runner.preprocess, batch_size, threads):
         predictions = {i: Prediction(paths[i], [], [], error=reason) for i, reason in batch.errors.items()}
         if batch.indices:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from fgcli.errors import FgcliError
+from fgcli.utils import process_runs
 
 #: the files that make a folder a run (written by the training loop)
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "interrupted.pt")
@@ -55,7 +56,7 @@ def _acquire(lock: Path, note: Callable[[str], None]) -> None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             pid = _lock_pid(lock)
-            if pid is not None and _process_runs(pid):
+            if pid is not None and process_runs(pid):
                 raise FgcliError(
                     f"another fgcli run (pid {pid}) is training into {lock.parent} (its lock: {lock})",
                     hint=f"wait for it to end or choose another --out; if pid {pid} is no fgcli run, delete {lock}",
@@ -77,12 +78,3 @@ def _lock_pid(lock: Path) -> int | None:
     except (OSError, ValueError):
         return None
 
-
-def _process_runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it runs, under another user
-        return True
-    return True

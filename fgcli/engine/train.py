@@ -78,6 +78,7 @@ class Trainer:
     """Owns the model, optimizer, schedule and data of one run; ``fit()`` runs it."""
 
     def __init__(self, cfg: TrainConfig, hook: ProgressHook | None = None):
+        cfg.validate()
         self.cfg = cfg
         self.hook = hook or (lambda event, payload: None)
         self.device = resolve_torch_device(torch, cfg.device)
@@ -187,10 +188,17 @@ class Trainer:
         if not path.is_file():
             raise FgcliError(f"--resume given but {path} does not exist", hint="drop --resume to start a new run")
         ckpt = load_checkpoint(path)
-        if ckpt["method"] != self.cfg.method or ckpt["class_names"] != self.class_names:
+        if ckpt["method"] != self.cfg.method or ckpt["backbone"] != self.backbone_name:
             raise FgcliError(
-                f"{path} was trained with method '{ckpt['method']}' on other classes than {self.cfg.data}",
-                hint="resume with the same --method and --data, or choose another --out",
+                f"--resume: {path} is a {ckpt['method']} run ({ckpt['backbone']}), but this run asks for "
+                f"--method {self.cfg.method} ({self.backbone_name})",
+                hint=f"resume with --method {ckpt['method']} --backbone {ckpt['backbone']}, or choose another --out",
+            )
+        if ckpt["class_names"] != self.class_names:
+            raise FgcliError(
+                f"--resume: {path} was trained on {ckpt['num_classes']} other classes than the "
+                f"{len(self.class_names)} of {self.cfg.data}",
+                hint="resume with the --data the run was started on, or choose another --out",
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])

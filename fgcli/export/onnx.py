@@ -162,8 +162,10 @@ def load_eval_model(checkpoint: str | os.PathLike | dict[str, Any]):
     """(checkpoint dict, eval-mode model on CPU) from a path or an already-loaded checkpoint."""
     from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    return ckpt, model_from_checkpoint(ckpt).cpu().eval()
+    if isinstance(checkpoint, dict):
+        return checkpoint, model_from_checkpoint(checkpoint).cpu().eval()
+    ckpt = load_checkpoint(checkpoint)
+    return ckpt, model_from_checkpoint(ckpt, checkpoint).cpu().eval()
 
 
 def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessConfig:
@@ -171,6 +173,9 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
     trained = PreprocessConfig.from_dict(ckpt["preprocess"])
     if img_size is None or img_size == trained.img_size:
         return trained
+    from fgcli.engine.config import check_img_size
+
+    check_img_size(img_size)
     resize_size = int(img_size * trained.resize_size / trained.img_size + 0.5)
     return PreprocessConfig(img_size, resize_size, trained.mean, trained.std)
 

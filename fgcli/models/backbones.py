@@ -74,10 +74,9 @@ def _load_local_weights(path: str, name: str) -> dict:
 
     if not os.path.isfile(path):
         raise FgcliError(f"weights file not found: {path}", hint="pass the path of a torchvision .pth state dict")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FgcliError(f"could not read weights file {path}: {exc}", hint="it must be a torch state dict (.pth)") from exc
+    from fgcli.engine.checkpoint import torch_load_safely
+
+    state = torch_load_safely(path, hint="pass a torch state dict (.pth) or an fgcli checkpoint (RUN/best.pt)")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if isinstance(state, dict) and {"method", "backbone", "model"} <= state.keys():

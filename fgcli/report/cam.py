@@ -252,7 +252,7 @@ def write_cam_figures(checkpoint: str | Path, image_paths: list[str], out_dir: s
 
     ckpt = load_checkpoint(require_checkpoint_path(checkpoint))
     torch_device = resolve_torch_device(torch, device)
-    model = model_from_checkpoint(ckpt).to(torch_device)
+    model = model_from_checkpoint(ckpt, checkpoint).to(torch_device)
     preprocess = PreprocessConfig.from_dict(ckpt["preprocess"])
     out_dir = Path(out_dir)
     result, rows = CamFigures(num_classes=len(ckpt["class_names"])), []

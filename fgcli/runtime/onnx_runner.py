@@ -109,6 +109,27 @@ def _open_session(ort, path: Path, device: str, providers: list[str] | None, spi
     return session
 
 
+def _fixed(dim) -> int | None:
+    """A graph dimension as an int; None when it is symbolic ("batch") or unknown."""
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def check_graph_matches_metadata(path: Path, inputs, outputs, chw: tuple[int, int, int], num_classes: int) -> None:
+    """Refuse a model whose fgcli metadata does not describe its graph: its predictions would carry the wrong
+    class names (shifted by the difference) or fail on the first batch."""
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise FgcliError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; fgcli models have one "
+                         "images input and a logits output", hint=EXPORT_HINT)
+    input_shape, output_shape = list(inputs[0].shape), list(outputs[0].shape)
+    if len(input_shape) != 4 or any(_fixed(g) not in (None, want) for g, want in zip(input_shape[1:], chw)):
+        raise FgcliError(f"{path}: its graph input {inputs[0].name} is {input_shape}, but its fgcli metadata "
+                         f"says images of (batch, {', '.join(map(str, chw))})", hint=EXPORT_HINT)
+    if len(output_shape) != 2 or _fixed(output_shape[1]) not in (None, num_classes):
+        raise FgcliError(f"{path}: its graph output {outputs[0].name} is {output_shape}, but its fgcli metadata "
+                         f"lists {num_classes} class names; every prediction would carry the wrong name",
+                         hint=EXPORT_HINT)
+
+
 class OnnxRunner(Runner):
     """Runner over an ONNX Runtime session; the name records the provider that actually runs the graph."""
 
@@ -129,6 +150,8 @@ class OnnxRunner(Runner):
         self._input_name = model_input.name
         self._input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
         self._chw = (3, self.preprocess.img_size, self.preprocess.img_size)
+        check_graph_matches_metadata(self.path, self._session.get_inputs(), self._session.get_outputs(),
+                                     self._chw, len(self.class_names))
 
     def run(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
@@ -136,7 +159,11 @@ class OnnxRunner(Runner):
             raise FgcliError(f"{self.path.name} expects images of shape (B, {', '.join(map(str, self._chw))}), "
                              f"got {images.shape}")
         feed = {self._input_name: np.ascontiguousarray(images, dtype=self._input_dtype)}
-        return self._session.run(None, feed)[0].astype(np.float32, copy=False)
+        logits = self._session.run(None, feed)[0]
+        if logits.ndim != 2 or logits.shape[1] != len(self.class_names):
+            raise FgcliError(f"{self.path} returned logits of shape {logits.shape}, but its fgcli metadata lists "
+                             f"{len(self.class_names)} class names", hint=EXPORT_HINT)
+        return logits.astype(np.float32, copy=False)
 
     def close(self) -> None:
         self._session = None

@@ -371,6 +371,10 @@ class TensorRTRunner(Runner):
         self._io = io_class(trt, self._engine, self._context, self.engine_path)
         min_shape, opt_shape, max_shape = self._io.profile
         self._min_batch, self._max_batch, self._chw = min_shape[0], max_shape[0], tuple(max_shape[1:])
+        expected_chw = (3, self.preprocess.img_size, self.preprocess.img_size)
+        if self._chw != expected_chw:
+            raise FgcliError(f"{self.engine_path} takes images of {self._chw}, but its sidecar's preprocessing gives "
+                             f"{expected_chw}", hint="rebuild the engine with `fgcli build`")
         num_outputs = self._io.set_input_shape(tuple(opt_shape))[1]
         if num_outputs != len(self.class_names):
             raise FgcliError(f"{self.engine_path} outputs {num_outputs} logits but its sidecar lists "

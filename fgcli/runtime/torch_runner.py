@@ -51,8 +51,9 @@ class TorchRunner(Runner):
                              f"{self.device}", hint="use --device cuda on a machine with an NVIDIA GPU, or FP32 on CPU")
         self._autocast = (partial(torch.autocast, "cuda", dtype=getattr(torch, AUTOCAST_DTYPES[autocast]))
                           if autocast else nullcontext)
+        source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-        self.model = model_from_checkpoint(ckpt).to(self.device)
+        self.model = model_from_checkpoint(ckpt, source).to(self.device)
         super().__init__(name=f"torch:{self.device}", class_names=ckpt["class_names"],
                          preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]), precision=autocast or "fp32")
 

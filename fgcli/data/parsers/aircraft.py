@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fgcli.data.index import DatasetSplit, Sample
+from fgcli.data.index import DatasetSplit, Sample, read_index_lines, require_samples
 from fgcli.errors import DataError
 
 LEVELS = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
@@ -25,14 +25,6 @@ def find_aircraft_root(root: str | Path) -> Path | None:
     return None
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of the non-empty lines."""
-    if not path.is_file():
-        raise DataError(f"missing annotation file {path}", hint=RESTORE_HINT)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
-
-
 def _id_and_rest(path: Path, number: int, line: str) -> tuple[str, str]:
     image_id, _, rest = line.partition(" ")
     if not rest.strip():
@@ -47,7 +39,7 @@ def _boxes(base: Path) -> dict[str, tuple[float, float, float, float]]:
     if not path.is_file():
         return {}
     boxes = {}
-    for number, line in _lines(path):
+    for number, line in read_index_lines(path, RESTORE_HINT):
         image_id, rest = _id_and_rest(path, number, line)
         try:
             xmin, ymin, xmax, ymax = (float(v) for v in rest.split())
@@ -70,7 +62,7 @@ def load_aircraft(root: str | Path, split: str = "trainval", level: str = "varia
                         hint="point --data at the fgvc-aircraft-2013b folder")
     class_file = base / LEVELS[level]
     class_names, index = [], {}
-    for number, name in _lines(class_file):
+    for number, name in read_index_lines(class_file, RESTORE_HINT):
         if name in index:
             raise DataError(f"{class_file}:{number}: class '{name}' is listed twice",
                             hint="the file is damaged; " + RESTORE_HINT)
@@ -78,12 +70,16 @@ def load_aircraft(root: str | Path, split: str = "trainval", level: str = "varia
         class_names.append(name)
     boxes = _boxes(base)
     list_file = base / f"images_{level}_{split}.txt"
-    samples = []
-    for number, line in _lines(list_file):
+    samples, seen = [], {}
+    for number, line in read_index_lines(list_file, RESTORE_HINT):
         image_id, name = _id_and_rest(list_file, number, line)
+        if image_id in seen:
+            raise DataError(f"{list_file}:{number}: image {image_id} already appears on line {seen[image_id]}",
+                            hint="the file is damaged; " + RESTORE_HINT)
+        seen[image_id] = number
         if name not in index:
             raise DataError(f"{list_file}:{number}: class '{name}' is not in {LEVELS[level]}",
                             hint="the list files disagree; " + RESTORE_HINT)
         samples.append(Sample(str(base / "images" / f"{image_id}.jpg"), index[name], bottom_crop=BANNER_PIXELS,
                               box=boxes.get(image_id)))
-    return DatasetSplit(base, "aircraft", split, class_names, samples)
+    return require_samples(DatasetSplit(base, "aircraft", split, class_names, samples), f"{list_file} lists none")

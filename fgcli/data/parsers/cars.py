@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fgcli.data.index import DatasetSplit, Sample
+from fgcli.data.index import DatasetSplit, Sample, require_samples
 from fgcli.errors import DataError
 from fgcli.utils import optional_import
 
@@ -68,4 +68,5 @@ def load_cars(root: str | Path, split: str = "train") -> DatasetSplit:
                             f"outside 1..{len(class_names)} (cars_meta.mat)", hint=RESTORE_HINT)
         x1, y1, x2, y2 = (float(fields[k]) for k in FIELDS[:4])
         samples.append(Sample(str(base / image_dir / str(fields["fname"])), label - 1, box=(x1, y1, x2 - x1, y2 - y1)))
-    return DatasetSplit(base, "cars", split, class_names, samples)
+    return require_samples(DatasetSplit(base, "cars", split, class_names, samples),
+                           f"{base / annotation_file} has no annotations")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fgcli.data.index import DatasetSplit, Sample
+from fgcli.data.index import DatasetSplit, Sample, read_index_lines, require_samples
 from fgcli.errors import DataError
 
 SPLITS = {"train": 1, "test": 0}
@@ -34,16 +34,11 @@ def find_cub_root(root: str | Path) -> Path | None:
 
 def _read_table(path: Path, columns: int) -> dict[int, Row]:
     """``image id -> Row`` of a whitespace-separated annotation file, with file:line in every error."""
-    if not path.is_file():
-        raise DataError(f"missing annotation file {path}",
-                        hint="restore it from the CUB-200-2011 archive (CUB_200_2011.tgz)")
     rows: dict[int, Row] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in read_index_lines(path, "restore it from the CUB-200-2011 archive (CUB_200_2011.tgz)"):
         parts = line.split(maxsplit=columns - 1)
         if len(parts) != columns or not parts[0].isdigit():
-            raise DataError(f"{path}:{number}: expected an id and {columns - 1} more columns, got '{line.strip()}'",
+            raise DataError(f"{path}:{number}: expected an id and {columns - 1} more columns, got '{line}'",
                             hint=RESTORE_HINT)
         if int(parts[0]) in rows:
             raise DataError(f"{path}:{number}: id {parts[0]} already appears on line {rows[int(parts[0])].line}",
@@ -107,4 +102,5 @@ def load_cub(root: str | Path, split: str = "train") -> DatasetSplit:
             box_row = _lookup(paths["bounding_boxes.txt"], boxes, image_id, name)
             box = tuple(_number(paths["bounding_boxes.txt"], box_row, i, float) for i in range(4))
         samples.append(Sample(str(base / "images" / name), label - 1, box=box))
-    return DatasetSplit(base, "cub", split, class_names, samples)
+    return require_samples(DatasetSplit(base, "cub", split, class_names, samples),
+                           f"{paths['train_test_split.txt']} marks no image {SPLITS[split]} ({split})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fgcli.data.index import DatasetSplit, Sample
+from fgcli.data.index import DatasetSplit, Sample, require_samples
 from fgcli.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -74,4 +74,6 @@ def load_folder(root: str | Path, split: str = "train") -> DatasetSplit:
         for path in sorted((images / name).rglob("*"))
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
     ]
-    return DatasetSplit(base, "folder", split, names, samples, note)
+    suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+    return require_samples(DatasetSplit(base, "folder", split, names, samples, note),
+                           f"no image files ({suffixes}) in the class folders under {images}")
