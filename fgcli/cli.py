@@ -451,6 +451,49 @@ def calib(
 
 
 @app.command()
+def sensitivity(
+    model: Path = typer.Argument(..., help="A .pt checkpoint, an export folder (its model.onnx) or an FP32 .onnx."),
+    data: Path = typer.Option(..., "--data", help="Dataset: its train split calibrates, its val (else test) split validates."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: sensitivity/ beside the model)."),
+    backend: str = typer.Option("ort", "--backend", help="ort (ONNX Runtime INT8 for CPU; calibrates once) or modelopt (Q/DQ for TensorRT; calibrates every model, slower)."),
+    calib_size: int = typer.Option(256, "--calib-size", min=1, max=100_000, help="Calibration images from the train split."),
+    val_size: int = typer.Option(256, "--val-size", min=1, max=100_000, help="Validation images compared with FP32 (a few hundred suffice)."),
+    top: int = typer.Option(20, "--top", min=1, max=1000, help="Nodes shown in the table and the plot."),
+) -> None:
+    """How much INT8 costs per node: each quantized alone, and each kept alone in float from full INT8.
+
+    Ranked by KL(FP32 || INT8) on the validation images; writes sensitivity.json and sensitivity.png.
+    `fgcli export --int8 --target-agreement 0.99` uses the same measurement to choose the nodes it keeps in float.
+    """
+    from fgcli.calibration.sensitivity import sensitivity_of
+
+    out_dir = out or (model.parent if model.is_file() else model) / "sensitivity"
+    with _progress() as progress:
+        task = progress.add_task("INT8 per node (2 models each)", total=None, info="")
+        result, files = sensitivity_of(model, data, out_dir, backend=backend, calib_size=calib_size,
+                                       val_size=val_size, top=top,
+                                       progress=lambda name, total: progress.update(task, advance=1, total=total,
+                                                                                    info=name))
+    _print_sensitivity(result, top)
+    console.print(f"[bold]{files['json']}[/], [bold]{files['png']}[/]")
+
+
+def _print_sensitivity(result, top: int) -> None:
+    full = result.full_int8
+    table = Table(title=f"INT8 sensitivity ({result.backend}; full INT8: agreement {full.agreement:.1%}, "
+                        f"KL {full.kl:.3g}; {result.validation_images} validation images)")
+    for column in ("rank", "node", "op", "alone: agreement", "alone: KL", "float: agreement", "recovered"):
+        table.add_column(column)
+    for rank, node in enumerate(result.nodes[:top], 1):
+        table.add_row(str(rank), node.name, node.op_type, f"{node.alone.agreement:.1%}", f"{node.alone.kl:.3g}",
+                      f"{node.kept_float.agreement:.1%}", f"{node.recovered_agreement:+.1%}")
+    console.print(table)
+    if result.constraint_float_nodes:
+        console.print(f"kept float by the model's own rules (not measured): {', '.join(result.constraint_float_nodes)}",
+                      highlight=False)
+
+
+@app.command()
 def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """What this machine offers for deployment: Python, torch / CUDA, ONNX Runtime, modelopt, TensorRT, GPU, Jetson, DLA."""
     from fgcli.runtime.doctor import collect_environment, environment_table

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from fgcli.calibration.dataset import CalibrationSet
 from fgcli.data.preprocess import PreprocessConfig
 from fgcli.errors import FgcliError
 
+pytestmark = pytest.mark.filterwarnings("ignore::fgcli.calibration.dataset.CalibrationWarning")  # tiny sets
 PREPROCESS = PreprocessConfig(img_size=16, resize_size=18)
 FRAGILE = "/fragile/Conv"
 
@@ -153,3 +153,33 @@ def test_a_target_above_one_or_no_target_is_a_clear_error(fragile_onnx, calib, t
     with pytest.raises(FgcliError, match="needs a target"):
         choose_float_nodes(builder, [], tmp_path / "auto.onnx", _images(4, 2))
     assert builder.builds == 0
+
+
+def test_cli_ranks_an_export_folder_and_writes_json_and_plot(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import write_tiny_folder_dataset
+    from fgcli.cli import app
+
+    data = write_tiny_folder_dataset(tmp_path / "data", {"train": 8, "test": 8})
+    export = tmp_path / "export"
+    _save(_tiny_model(), export / "model.onnx")
+    result = CliRunner().invoke(app, ["sensitivity", str(export), "--data", str(data), "--top", "3"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((export / "sensitivity" / "sensitivity.json").read_text())
+    assert record["nodes"][0]["name"] == FRAGILE and record["validation_images"] == 24
+    assert record["calibration_images"] == 24 and (export / "sensitivity" / "sensitivity.png").stat().st_size > 0
+    assert "INT8 sensitivity" in result.output and "fragile" in result.output  # the table (wrapped at 80 columns)
+
+
+def test_cli_refuses_a_dataset_without_a_validation_split(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import write_tiny_folder_dataset
+    from fgcli.cli import app
+
+    data = write_tiny_folder_dataset(tmp_path / "data", {"train": 4})
+    _save(_tiny_model(), tmp_path / "export" / "model.onnx")
+    result = CliRunner().invoke(app, ["sensitivity", str(tmp_path / "export"), "--data", str(data)])
+    assert result.exit_code != 0 and isinstance(result.exception, FgcliError)
+    assert "no val or test split" in result.exception.message

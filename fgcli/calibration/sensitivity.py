@@ -194,6 +194,17 @@ def measure_sensitivity(onnx_path: str | Path, calib: CalibrationSet, images: np
                              time.perf_counter() - start)
 
 
+def write_sensitivity(result: SensitivityResult, out_dir: str | Path, top: int = 20) -> dict[str, Path]:
+    """``sensitivity.json`` and the bar chart ``sensitivity.png`` of the ``top`` nodes in ``out_dir``."""
+    from fgcli.report.plots import plot_sensitivity
+    from fgcli.utils import write_json_atomic
+
+    out_dir = Path(out_dir)
+    record = result.to_dict()
+    return {"json": write_json_atomic(out_dir / SENSITIVITY_JSON, record),
+            "png": plot_sensitivity(record, out_dir / SENSITIVITY_PNG, top=top)}
+
+
 def node_groups(full: QuantResult, op_types: dict[str, str]) -> list[str]:
     """The nodes of a full INT8 model that can be quantized or kept float on their own: its quantized nodes
     but the layout ops (Flatten, Reshape ...), which only pass their neighbours' Q/DQ through. Each stands for
@@ -322,3 +333,43 @@ def choose_float_nodes(builder: Int8Builder, ranked: list[str], out_path: str | 
                 choice.met = True
                 break
     return choice, result
+
+
+# --------------------------------------------------------------------------- from a model path and a dataset
+def fp32_onnx_of(model: str | Path, out_dir: str | Path) -> Path:
+    """The FP32 ONNX to measure: ``model`` itself (.onnx), an export folder's model.onnx, or a .pt checkpoint
+    exported (and checked against PyTorch) to ``out_dir``/model.onnx."""
+    from fgcli.export.onnx import read_onnx_metadata
+
+    model = Path(model)
+    if model.is_file() and model.suffix == ".pt":
+        from fgcli.export.onnx import export_onnx
+
+        return export_onnx(model, out_dir).path
+    path = model / "model.onnx" if model.is_dir() else model
+    if not path.is_file():
+        raise FgcliError(f"{model} is neither a .pt checkpoint, an .onnx file nor an export folder with model.onnx",
+                         hint="pass RUN/best.pt or the folder fgcli export wrote")
+    precision = read_onnx_metadata(path)["precision"]
+    if precision != "fp32":
+        raise FgcliError(f"{path} is {precision}; sensitivity quantizes the FP32 model", hint="pass model.onnx")
+    return path
+
+
+def sensitivity_of(model: str | Path, data: str | Path, out_dir: str | Path, backend: str = "ort",
+                   calib_size: int = DEFAULT_CALIBRATION_SIZE, val_size: int = DEFAULT_VALIDATION_SIZE,
+                   top: int = 20, progress: Callable[[str, int], None] | None = None
+                   ) -> tuple[SensitivityResult, dict[str, Path]]:
+    """``measure_sensitivity`` of a checkpoint / export folder / ONNX on ``data``'s splits; writes
+    sensitivity.json and sensitivity.png into ``out_dir``."""
+    from fgcli.data.preprocess import PreprocessConfig
+    from fgcli.export.onnx import read_onnx_metadata
+
+    if backend not in BACKENDS:
+        raise FgcliError(f"unknown INT8 backend '{backend}'", hint=f"use one of: {', '.join(BACKENDS)}")
+    onnx_path = fp32_onnx_of(model, out_dir)
+    preprocess = PreprocessConfig.from_dict(read_onnx_metadata(onnx_path)["preprocess"])
+    calib, validation = calibration_and_validation(data, preprocess, calib_size, val_size)
+    result = measure_sensitivity(onnx_path, calib, validation.images, backend=backend, labels=validation.labels,
+                                 progress=progress)
+    return result, write_sensitivity(result, out_dir, top=top)
