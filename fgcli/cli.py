@@ -361,6 +361,9 @@ def export(
     workspace: float = typer.Option(4.0, "--workspace", help="TensorRT workspace limit, GiB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Build for a Jetson DLA core, with GPU fallback."),
     device: str = typer.Option("cpu", "--device", help="Where modelopt calibrates: cpu or cuda."),
+    target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="With --int8, also write the mixed-precision model (model.int8-auto.onnx / model.ort-int8-auto.onnx): keep the nodes INT8 hurts most in float, one at a time, until this top-1 agreement with FP32 (e.g. 0.99) is met on the val / test split."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=100.0, help="With --int8: ... until top-1 is at most this many points below FP32 (e.g. 0.5); with --target-agreement both must hold."),
+    val_size: int = typer.Option(256, "--val-size", min=1, max=100_000, help="Validation images the target is measured on (val, else test split; disjoint from calibration)."),
 ) -> None:
     """Export a checkpoint: ONNX (checked against PyTorch), FP16, INT8, TensorRT engine."""
     from fgcli.export.pipeline import ExportOptions, export_all
@@ -369,7 +372,8 @@ def export(
         out_dir=out or checkpoint.parent / "export", opset=opset, img_size=img_size, batch=_parse_batch(batch),
         fp16=fp16, int8=int8, int8_backend=int8_backend, calib_data=str(calib_data) if calib_data else None,
         calib_size=calib_size, calib_method=calib_method, check_data=str(data) if data else None, trt=trt,
-        workspace_gib=workspace, dla_core=dla_core, device=device,
+        workspace_gib=workspace, dla_core=dla_core, device=device, target_agreement=target_agreement,
+        max_drop=max_drop, val_size=val_size,
     )
     with console.status("exporting") as status:
         summary = export_all(checkpoint, options, step=lambda message: status.update(message))
@@ -387,14 +391,35 @@ def _print_export_summary(summary) -> None:
         elif "quantized_counts" in info:
             counts = ", ".join(f"{n} {op}" for op, n in sorted(info["quantized_counts"].items()))
             check = f"{info['calibration_images']} calibration images ({info['calib_method']}); quantized: {counts}"
+            if "auto_precision" in info:
+                choice = info["auto_precision"]
+                check += f"; {len(choice['float_nodes'])} measured float nodes, agreement {choice['agreement']:.1%}"
         elif "images" in info:
             check = f"{info['images']} images"
         else:
             check = f"{info.get('build_path', '')} {info.get('tensorrt', '')}"
         table.add_row(key, Path(path).name if path else "-", check)
     console.print(table)
+    for key, info in summary.artifacts.items():
+        if "auto_precision" in info:
+            _print_precision_steps(key, info["auto_precision"])
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def _print_precision_steps(key: str, choice: dict) -> None:
+    """The accuracy / speed trade-off of automatic mixed precision, one row per node kept in float."""
+    target = " and ".join(t for t in (f"agreement >= {choice['target_agreement']}" if choice["target_agreement"]
+                                      is not None else "", f"top-1 drop <= {choice['max_drop']} points"
+                                      if choice["max_drop"] is not None else "") if t)
+    table = Table(title=f"{key}: nodes kept in float until {target}" + ("" if choice["met"] else " (not met)"))
+    for column in ("float nodes", "added", "agreement", "top-1", "KL", "CPU ms (batch 1)", "vs FP32"):
+        table.add_column(column)
+    for row in choice["steps"]:
+        top1 = "-" if row["top1"] is None else f"{row['top1']:.1%}"
+        table.add_row(str(row["float_nodes"]), row["added"] or "(full INT8)", f"{row['agreement']:.1%}", top1,
+                      f"{row['kl']:.3g}", f"{row['latency_ms']:.2f}", f"{row['speedup']:.2f}x")
+    console.print(table)
 
 
 @app.command()

@@ -183,3 +183,51 @@ def test_cli_refuses_a_dataset_without_a_validation_split(tmp_path):
     result = CliRunner().invoke(app, ["sensitivity", str(tmp_path / "export"), "--data", str(data)])
     assert result.exit_code != 0 and isinstance(result.exception, FgcliError)
     assert "no val or test split" in result.exception.message
+
+
+def test_export_auto_precision_writes_the_choice_into_export_record_and_metadata(fragile_onnx, calib, tmp_path):
+    from conftest import write_tiny_folder_dataset
+    from fgcli.calibration import AUTO_FLOAT_NODES_KEY, float_nodes
+    from fgcli.calibration.ort_int8 import quantize_ort
+    from fgcli.export.onnx import load_onnx, read_onnx_metadata
+    from fgcli.export.pipeline import ExportOptions, ExportSummary, _auto_precision
+
+    data = write_tiny_folder_dataset(tmp_path / "data", {"train": 4, "test": 8})
+    fp32 = _save(_tiny_model(), tmp_path / "export" / "model.onnx")
+    opts = ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="ort", calib_data=str(data), target_agreement=0.9)
+    summary, steps = ExportSummary(fp32.parent), []
+    _auto_precision(fp32, calib, opts, summary, steps.append)
+    info = summary.artifacts["onnx-int8-ort-auto"]
+    assert info["auto_precision"]["float_nodes"] == [FRAGILE] and info["auto_precision"]["met"]
+    assert info["sensitivity"]["nodes"][0]["name"] == FRAGILE and any("mixed precision" in s for s in steps)
+
+    auto = fp32.with_name("model.ort-int8-auto.onnx")
+    meta = read_onnx_metadata(auto)
+    assert meta["auto_float_nodes"] == [FRAGILE] and meta["target_agreement"] == 0.9
+    assert meta["auto_agreement"] == info["auto_precision"]["agreement"] >= 0.9 and meta["precision"] == "int8"
+
+    # a later quantization of a model carrying the choice keeps those nodes float
+    source = load_onnx(fp32)
+    source.metadata_props.add(key=AUTO_FLOAT_NODES_KEY, value=json.dumps([FRAGILE]))
+    carrying = _save(source, tmp_path / "carrying" / "model.onnx")
+    assert FRAGILE in float_nodes(source, source)
+    assert FRAGILE not in quantize_ort(carrying, calib, tmp_path / "requantized.onnx").quantized_nodes
+
+
+def test_export_refuses_a_target_above_one_or_without_int8(tmp_path):
+    from fgcli.export.pipeline import ExportOptions, export_all
+
+    with pytest.raises(FgcliError, match="not a fraction"):
+        export_all(tmp_path / "missing.pt", ExportOptions(out_dir=tmp_path, int8=True, calib_data=str(tmp_path),
+                                                          target_agreement=1.5))
+    with pytest.raises(FgcliError, match="add --int8"):
+        export_all(tmp_path / "missing.pt", ExportOptions(out_dir=tmp_path, max_drop=0.5))
+
+
+def test_cli_export_rejects_a_target_agreement_above_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from fgcli.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "best.pt"), "--int8", "--target-agreement", "1.5"])
+    assert result.exit_code == 2 and "1.5" in result.output

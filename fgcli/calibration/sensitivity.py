@@ -163,17 +163,20 @@ def check_validation(images: np.ndarray, calib: CalibrationSet, validation_paths
 
 def measure_sensitivity(onnx_path: str | Path, calib: CalibrationSet, images: np.ndarray, backend: str = "ort",
                         labels: np.ndarray | None = None, fp16: bool = False, calib_method: str = "max",
-                        device: str = "cpu", progress: Callable[[str, int], None] | None = None) -> SensitivityResult:
+                        device: str = "cpu", progress: Callable[[str, int], None] | None = None,
+                        builder: Int8Builder | None = None) -> SensitivityResult:
     """Rank every node ``backend`` quantizes in ``onnx_path`` by how much INT8 hurts it on ``images``.
 
-    ``progress(node_name, total)`` is called after each node (2 builds and 2 evaluations). Raises FgcliError on
-    an empty validation subset and on a model with nothing to quantize.
+    ``progress(node_name, total)`` is called after each node (2 builds and 2 evaluations). ``builder``: one to
+    share (and its calibration) with a later ``choose_float_nodes``. Raises FgcliError on an empty validation
+    subset and on a model with nothing to quantize.
     """
     check_validation(images, calib)
     start = time.perf_counter()
     reference = validation_logits(onnx_path, images)
     with tempfile.TemporaryDirectory(prefix="fgcli-sensitivity-") as work:
-        builder = Int8Builder(onnx_path, backend, calib, work, fp16=fp16, calib_method=calib_method, device=device)
+        builder = builder or Int8Builder(onnx_path, backend, calib, work, fp16=fp16, calib_method=calib_method,
+                                         device=device)
         full = builder.build(Path(work) / "full.onnx")
         full_error = output_error(reference, validation_logits(full.output_path, images), labels)
         op_types = _op_types(full.output_path)

@@ -37,6 +37,13 @@ class ExportOptions:
     workspace_gib: float = 4.0
     dla_core: int | None = None
     device: str = "cpu"  # where modelopt calibrates
+    target_agreement: float | None = None  # automatic mixed precision: keep nodes float until this is met
+    max_drop: float | None = None  # ... and / or until top-1 is at most this many points below FP32
+    val_size: int = 256  # validation images (val / test split) the target is measured on
+
+    @property
+    def auto_precision(self) -> bool:
+        return self.target_agreement is not None or self.max_drop is not None
 
 
 @dataclass
@@ -61,6 +68,12 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
         raise FgcliError("TensorRT INT8 builds from the modelopt Q/DQ model", hint="use --int8-backend modelopt or both")
     if opts.int8 and not (opts.calib_data or opts.check_data):
         raise FgcliError("--int8 needs calibration images", hint="pass --calib-data DATASET (its train split is sampled)")
+    if opts.auto_precision:
+        from fgcli.calibration.sensitivity import check_targets
+
+        check_targets(opts.target_agreement, opts.max_drop)
+        if not opts.int8:
+            raise FgcliError("--target-agreement / --max-drop choose INT8's float nodes", hint="add --int8")
     out = Path(opts.out_dir)
     summary = ExportSummary(out)
     ckpt = load_checkpoint(checkpoint)
@@ -125,11 +138,71 @@ def _quantize(onnx_path: Path, opts: ExportOptions, summary: ExportSummary, step
         method = {"max": "minmax"}.get(opts.calib_method, opts.calib_method)
         result = quantize_ort(onnx_path, calib, onnx_path.with_name("model.ort-int8.onnx"), calib_method=method)
         summary.artifacts["onnx-int8-ort"] = result.to_dict()
+    if opts.auto_precision:
+        _auto_precision(onnx_path, calib, opts, summary, step)
+
+
+#: the automatic mixed-precision artifact of each --int8-backend, and its file
+AUTO_ARTIFACTS = {"modelopt": ("onnx-int8-modelopt-auto", "model.int8-auto.onnx"),
+                  "ort": ("onnx-int8-ort-auto", "model.ort-int8-auto.onnx")}
+
+
+def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: ExportSummary, step) -> None:
+    """Per backend: measure every node's INT8 sensitivity on a validation subset disjoint from ``calib``, then
+    keep the most sensitive in float one at a time until the target is met; record the choice in export.json
+    and in the model's metadata."""
+    import tempfile
+
+    from fgcli.calibration.sensitivity import (Int8Builder, check_validation, choose_float_nodes,
+                                               measure_sensitivity, validation_subset)
+
+    validation = validation_subset(opts.check_data or opts.calib_data, calib.preprocess, size=opts.val_size)
+    check_validation(validation.images, calib, validation.paths)
+    backends = ("modelopt", "ort") if opts.int8_backend == "both" else (opts.int8_backend,)
+    for backend in backends:
+        key, name = AUTO_ARTIFACTS[backend]
+        with tempfile.TemporaryDirectory(prefix="fgcli-auto-precision-") as work:
+            builder = Int8Builder(onnx_path, backend, calib, work, fp16=opts.fp16, calib_method=opts.calib_method,
+                                  device=opts.device)
+            sensitivity = measure_sensitivity(
+                onnx_path, calib, validation.images, backend=backend, labels=validation.labels, builder=builder,
+                progress=lambda node, total: step(f"{backend} INT8 sensitivity: {node} ({total} nodes)"))
+            choice, result = choose_float_nodes(
+                builder, sensitivity.ranked_names, onnx_path.with_name(name), validation.images, validation.labels,
+                target_agreement=opts.target_agreement, max_drop=opts.max_drop,
+                step_done=lambda s: step(f"{backend} mixed precision: {len(s.float_nodes)} float nodes, agreement "
+                                         f"{s.error.agreement:.1%}, CPU {s.speedup:.2f}x FP32"))
+        write_auto_precision_metadata(result.output_path, choice)
+        summary.artifacts[key] = {**result.to_dict(), "auto_precision": choice.to_dict(),
+                                  "sensitivity": sensitivity.to_dict()}
+        if not choice.met:
+            summary.notes.append(f"{backend}: the target was not met even with all {len(sensitivity.nodes)} "
+                                 f"measured nodes in float (agreement {choice.chosen.error.agreement:.1%})")
+
+
+def write_auto_precision_metadata(path: Path, choice) -> None:
+    """Record the measured float nodes, the target and the agreement reached in the ONNX metadata, where
+    ``float_nodes`` (every later quantization of a model carrying them) and ``fgcli build`` find them."""
+    from fgcli.export.onnx import load_onnx, set_onnx_metadata
+    from fgcli.runtime.onnx_runner import decode_fgcli_metadata
+    from fgcli.utils import atomic_path
+    import onnx
+
+    proto = load_onnx(path)
+    meta = decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, path)
+    meta.update(auto_float_nodes=choice.chosen.float_nodes, target_agreement=choice.target_agreement,
+                max_drop=choice.max_drop, auto_agreement=choice.chosen.error.agreement)
+    set_onnx_metadata(proto, meta)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def _engine_source(summary: ExportSummary) -> Path:
-    """The ONNX the engine is built from: the modelopt Q/DQ model, else FP16, else FP32."""
+    """The ONNX the engine is built from: the modelopt Q/DQ model (its mixed-precision one when measured), else
+    FP16, else FP32."""
     artifacts = summary.artifacts
+    if "onnx-int8-modelopt-auto" in artifacts:
+        return Path(artifacts["onnx-int8-modelopt-auto"]["output_path"])
     if "onnx-int8-modelopt" in artifacts:
         return Path(artifacts["onnx-int8-modelopt"]["output_path"])
     return Path(artifacts.get("onnx-fp16", artifacts["onnx-fp32"])["path"])

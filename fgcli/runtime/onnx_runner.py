@@ -20,8 +20,9 @@ from fgcli.utils import optional_import
 
 METADATA_PREFIX = "fgcli."
 #: decoded key -> is the prop value JSON (lists) rather than a plain string
-_JSON_KEYS = {"class_names", "mean", "std"}
+_JSON_KEYS = {"class_names", "mean", "std", "auto_float_nodes"}
 _INT_KEYS = {"img_size", "resize_size"}
+_FLOAT_KEYS = {"target_agreement", "max_drop", "auto_agreement"}  # a measured mixed precision (fgcli export)
 _PREPROCESS_KEYS = ("img_size", "resize_size", "mean", "std")
 _REQUIRED_KEYS = ("class_names", *_PREPROCESS_KEYS)
 EXPORT_HINT = "export the model with `fgcli export CHECKPOINT`, which writes the fgcli metadata"
@@ -61,7 +62,8 @@ def decode_fgcli_metadata(props: dict[str, str], source: str | Path) -> dict[str
             "names or preprocessing are unknown", hint=EXPORT_HINT)
     try:
         decoded: dict[str, Any] = {
-            key: json.loads(value) if key in _JSON_KEYS else int(value) if key in _INT_KEYS else value
+            key: json.loads(value) if key in _JSON_KEYS else int(value) if key in _INT_KEYS
+            else float(value) if key in _FLOAT_KEYS else value
             for key, value in values.items()
         }
     except ValueError as exc:
