@@ -549,10 +549,11 @@ def report(
     dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
     cam_images: int = typer.Option(4, "--cam-images", min=0, help="Test images drawn in OUT/report_cam.png: occlusion maps of FP32 next to every INT8 / FP16 variant (0: none)."),
     compare: bool = typer.Option(False, "--compare", help="Put report.json files from several machines or methods into one table and plot (compare.md / .json / .png)."),
+    target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="Also report INT8 with measured mixed precision (onnx-int8-modelopt-auto, onnx-int8-ort-auto): nodes kept float until this agreement with FP32, e.g. 0.99 (as fgcli export --target-agreement)."),
 ) -> None:
     """Accuracy and speed of every variant of a model on this machine, side by side, in one run.
 
-    Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort, trt-fp32 / -fp16 / -int8. From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint). TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
+    Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort (with --target-agreement also their -auto mixed-precision variants), trt-fp32 / -fp16 / -int8. From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint). TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
 
     Per variant: file size, top-1 / top-5, change and agreement against FP32, the classes that lost most, latency p50 / p90 / p99 at batch 1, throughput per batch size, build / calibration time. Timing is interleaved across variants, so the ratios to FP32 hold on a busy machine.
 
@@ -574,7 +575,7 @@ def report(
     source = sources[0]
     _report(source, data, out or (source.parent if source.is_file() else source) / "report", formats=formats,
             batch_sizes=batch_sizes, device=device, iterations=iterations, warmup=warmup, calib_size=calib_size,
-            split=split, layout=dataset, cam_images=cam_images)
+            split=split, layout=dataset, cam_images=cam_images, target_agreement=target_agreement)
 
 
 def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:

@@ -143,6 +143,13 @@ def test_greedy_keeps_the_fragile_conv_float_and_stops_as_soon_as_the_target_is_
     assert all(step.latency_ms > 0 and step.speedup > 0 for step in choice.steps)
     assert choice.to_dict()["float_nodes"] == [FRAGILE]
 
+    def never() -> list[str]:
+        raise AssertionError("full INT8 meets the target: nothing needs measuring")
+
+    easy, _ = choose_float_nodes(builder, never, tmp_path / "easy.onnx", _images(64, 2), target_agreement=0.01,
+                                 timing_iterations=1)
+    assert easy.met and len(easy.steps) == 1 and easy.chosen.float_nodes == []
+
 
 def test_a_target_above_one_or_no_target_is_a_clear_error(fragile_onnx, calib, tmp_path):
     from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes
@@ -231,3 +238,27 @@ def test_cli_export_rejects_a_target_agreement_above_one(tmp_path):
 
     result = CliRunner().invoke(app, ["export", str(tmp_path / "best.pt"), "--int8", "--target-agreement", "1.5"])
     assert result.exit_code == 2 and "target-agreement" in result.output  # a usage error naming the option
+
+
+def test_report_shows_the_auto_variant_and_its_float_nodes_beside_plain_int8(calib, tiny_dataset, tmp_path):
+    from fgcli.calibration.ort_int8 import quantize_ort
+    from fgcli.export.pipeline import ExportOptions, ExportSummary, _auto_precision
+    from fgcli.report import build_report
+    from fgcli.report.render import main_table
+    from fgcli.utils import write_json_atomic
+
+    fp32 = _save(_tiny_model(), tmp_path / "export" / "model.onnx")
+    summary = ExportSummary(fp32.parent)
+    summary.artifacts["onnx-int8-ort"] = quantize_ort(fp32, calib, fp32.with_name("model.ort-int8.onnx")).to_dict()
+    _auto_precision(fp32, calib, ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="ort",
+                                               calib_data=str(tiny_dataset), target_agreement=0.9),
+                    summary, lambda message: None)
+    write_json_atomic(fp32.parent / "export.json", summary.to_dict())
+
+    report = build_report(fp32.parent, tiny_dataset, tmp_path / "report", batch_sizes=(1,), iterations=2, warmup=0,
+                          cam_images=0, formats="onnx-fp32,onnx-int8-ort,onnx-int8-ort-auto")
+    rows = {row["name"]: row for row in report["variants"]}
+    assert rows["onnx-int8-ort"]["float_nodes"] == 0 and rows["onnx-int8-ort-auto"]["float_nodes"] == 1
+    assert rows["onnx-int8-ort-auto"]["agreement"] > rows["onnx-int8-ort"]["agreement"]
+    headers, cells = main_table(report)
+    assert headers[-1] == "float nodes" and [row[-1] for row in cells] == ["—", "0", "1"]

@@ -68,7 +68,7 @@ class NodeSensitivity:
 
     name: str
     op_type: str
-    alone: OutputError
+    alone: OutputError | None  # None when only the float side was measured (what the greedy loop needs)
     kept_float: OutputError
     recovered_agreement: float  # kept_float.agreement - full INT8 agreement
     recovered_kl: float  # full INT8 KL - kept_float.kl
@@ -76,7 +76,7 @@ class NodeSensitivity:
     @property
     def score(self) -> float:
         """The ranking key: the KL its INT8 alone adds plus the KL keeping it in float removes (nats)."""
-        return self.alone.kl + self.recovered_kl
+        return (self.alone.kl if self.alone is not None else 0.0) + self.recovered_kl
 
 
 @dataclass
@@ -164,11 +164,12 @@ def check_validation(images: np.ndarray, calib: CalibrationSet, validation_paths
 def measure_sensitivity(onnx_path: str | Path, calib: CalibrationSet, images: np.ndarray, backend: str = "ort",
                         labels: np.ndarray | None = None, fp16: bool = False, calib_method: str = "max",
                         device: str = "cpu", progress: Callable[[str, int], None] | None = None,
-                        builder: Int8Builder | None = None) -> SensitivityResult:
+                        builder: Int8Builder | None = None, alone: bool = True) -> SensitivityResult:
     """Rank every node ``backend`` quantizes in ``onnx_path`` by how much INT8 hurts it on ``images``.
 
     ``progress(node_name, total)`` is called after each node (2 builds and 2 evaluations). ``builder``: one to
-    share (and its calibration) with a later ``choose_float_nodes``. Raises FgcliError on an empty validation
+    share (and its calibration) with a later ``choose_float_nodes``. ``alone=False`` measures only what keeping
+    each node in float recovers (half the builds). Raises FgcliError on an empty validation
     subset and on a model with nothing to quantize.
     """
     check_validation(images, calib)
@@ -183,8 +184,10 @@ def measure_sensitivity(onnx_path: str | Path, calib: CalibrationSet, images: np
         groups = node_groups(full, op_types)
         nodes = []
         for name in groups:
-            alone = builder.build(Path(work) / "alone.onnx", only=[name])
-            alone_error = output_error(reference, validation_logits(alone.output_path, images), labels)
+            alone_error = None
+            if alone:
+                alone_model = builder.build(Path(work) / "alone.onnx", only=[name])
+                alone_error = output_error(reference, validation_logits(alone_model.output_path, images), labels)
             kept = builder.build(Path(work) / "kept.onnx", extra_float=[name])
             kept_error = output_error(reference, validation_logits(kept.output_path, images), labels)
             nodes.append(NodeSensitivity(name, op_types.get(name, "?"), alone_error, kept_error,
@@ -303,14 +306,16 @@ def target_met(error: OutputError, target_agreement: float | None, max_drop: flo
     return True
 
 
-def choose_float_nodes(builder: Int8Builder, ranked: list[str], out_path: str | Path, images: np.ndarray,
+def choose_float_nodes(builder: Int8Builder, ranked: list[str] | Callable[[], list[str]], out_path: str | Path,
+                       images: np.ndarray,
                        labels: np.ndarray | None = None, target_agreement: float | None = None,
                        max_drop: float | None = None, timing_iterations: int = 20,
                        step_done: Callable[[PrecisionStep], None] | None = None) -> tuple[PrecisionChoice, QuantResult]:
     """Keep ``ranked`` nodes (most sensitive first) in float one at a time from full INT8 until the target is met.
 
-    Stops at the first step that meets it (or when every ranked node is float: ``met`` False). The model of the
-    chosen step is written to ``out_path``. ``step_done`` sees each step as it is measured.
+    Stops at the first step that meets it (or when every ranked node is float: ``met`` False). ``ranked`` may be
+    a function, called only when full INT8 misses the target (the measurement is the expensive part). The model
+    of the chosen step is written to ``out_path``. ``step_done`` sees each step as it is measured.
     """
     from fgcli.runtime.onnx_runner import OnnxRunner
     from fgcli.report.timing import time_interleaved
@@ -321,13 +326,14 @@ def choose_float_nodes(builder: Int8Builder, ranked: list[str], out_path: str | 
     choice = PrecisionChoice(target_agreement, max_drop, fp32_top1)
     timing_images = np.ascontiguousarray(images[:1])
     with OnnxRunner(builder.onnx_path, device="cpu", spin_wait=False) as fp32_runner:
-        for count in range(len(ranked) + 1):
-            result = builder.build(out_path, extra_float=ranked[:count])
+        count, nodes = 0, []
+        while True:
+            result = builder.build(out_path, extra_float=nodes[:count])
             error = output_error(reference, validation_logits(result.output_path, images), labels)
             with OnnxRunner(result.output_path, device="cpu", spin_wait=False) as runner:
                 timings = time_interleaved({"fp32": fp32_runner, "int8": runner}, timing_images, [1],
                                            timing_iterations, warmup=2)
-            step = PrecisionStep(ranked[:count], error, timings["int8"].latency_ms["p50"],
+            step = PrecisionStep(nodes[:count], error, timings["int8"].latency_ms["p50"],
                                  timings["fp32"].latency_ms["p50"])
             choice.steps.append(step)
             if step_done is not None:
@@ -335,6 +341,11 @@ def choose_float_nodes(builder: Int8Builder, ranked: list[str], out_path: str | 
             if target_met(error, target_agreement, max_drop, fp32_top1):
                 choice.met = True
                 break
+            if count == 0:
+                nodes = list(ranked() if callable(ranked) else ranked)
+            if count == len(nodes):
+                break
+            count += 1
     return choice, result
 
 

@@ -164,19 +164,24 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
         with tempfile.TemporaryDirectory(prefix="fgcli-auto-precision-") as work:
             builder = Int8Builder(onnx_path, backend, calib, work, fp16=opts.fp16, calib_method=opts.calib_method,
                                   device=opts.device)
-            sensitivity = measure_sensitivity(
-                onnx_path, calib, validation.images, backend=backend, labels=validation.labels, builder=builder,
-                progress=lambda node, total: step(f"{backend} INT8 sensitivity: {node} ({total} nodes)"))
+            measured = []
+
+            def ranked() -> list[str]:  # only when full INT8 misses the target
+                measured.append(measure_sensitivity(
+                    onnx_path, calib, validation.images, backend=backend, labels=validation.labels, builder=builder,
+                    alone=False, progress=lambda node, total: step(f"{backend} INT8 sensitivity: {node} ({total})")))
+                return measured[0].ranked_names
+
             choice, result = choose_float_nodes(
-                builder, sensitivity.ranked_names, onnx_path.with_name(name), validation.images, validation.labels,
+                builder, ranked, onnx_path.with_name(name), validation.images, validation.labels,
                 target_agreement=opts.target_agreement, max_drop=opts.max_drop,
                 step_done=lambda s: step(f"{backend} mixed precision: {len(s.float_nodes)} float nodes, agreement "
                                          f"{s.error.agreement:.1%}, CPU {s.speedup:.2f}x FP32"))
         write_auto_precision_metadata(result.output_path, choice)
         summary.artifacts[key] = {**result.to_dict(), "auto_precision": choice.to_dict(),
-                                  "sensitivity": sensitivity.to_dict()}
+                                  "sensitivity": measured[0].to_dict() if measured else None}
         if not choice.met:
-            summary.notes.append(f"{backend}: the target was not met even with all {len(sensitivity.nodes)} "
+            summary.notes.append(f"{backend}: the target was not met even with all {len(measured[0].nodes)} "
                                  f"measured nodes in float (agreement {choice.chosen.error.agreement:.1%})")
 
 

@@ -63,7 +63,7 @@ def plot_sensitivity(sensitivity: dict[str, Any], out_path: str | Path, top: int
     figure = _figure(figsize=(10, 1.5 + 0.32 * max(len(nodes), 1)))
     ax = figure.subplots()
     rows = range(len(nodes))[::-1]  # most sensitive on top
-    ax.barh([r + 0.2 for r in rows], [100 * (1 - n["alone"]["agreement"]) for n in nodes], height=0.4,
+    ax.barh([r + 0.2 for r in rows], [100 * (1 - n["alone"]["agreement"]) if n["alone"] else 0.0 for n in nodes], height=0.4,
             color=COLORS[3], label="agreement lost, quantized alone")
     ax.barh([r - 0.2 for r in rows], [100 * n["recovered_agreement"] for n in nodes], height=0.4, color=COLORS[2],
             label="agreement recovered, kept alone in float")
