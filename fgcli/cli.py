@@ -510,7 +510,9 @@ def _print_sensitivity(result, top: int) -> None:
     for column in ("rank", "node", "op", "alone: agreement", "alone: KL", "float: agreement", "recovered"):
         table.add_column(column)
     for rank, node in enumerate(result.nodes[:top], 1):
-        table.add_row(str(rank), node.name, node.op_type, f"{node.alone.agreement:.1%}", f"{node.alone.kl:.3g}",
+        alone = node.alone
+        table.add_row(str(rank), node.name, node.op_type, "-" if alone is None else f"{alone.agreement:.1%}",
+                      "-" if alone is None else f"{alone.kl:.3g}",
                       f"{node.kept_float.agreement:.1%}", f"{node.recovered_agreement:+.1%}")
     console.print(table)
     if result.constraint_float_nodes:

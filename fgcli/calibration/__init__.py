@@ -30,6 +30,10 @@ WEIGHTED_OP_TYPES = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # the layers IN
 LAYOUT_OP_TYPES = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 
 
+class NothingQuantizedError(FgcliError):
+    """The quantizer left every node of the model in float."""
+
+
 @dataclass
 class QuantResult:
     output_path: Path
@@ -147,7 +151,7 @@ def save_with_metadata(model, source_model, out_path: str | Path) -> Path:
     return Path(out_path)
 
 
-__all__ = ["QuantResult", "quantized_nodes", "save_with_metadata", "calibration_input",
+__all__ = ["QuantResult", "NothingQuantizedError", "quantized_nodes", "save_with_metadata", "calibration_input",
            "symmetric_int8_pattern", "float_nodes", "auto_float_nodes", "softmax_weighted_nodes", "PRECISION_KEY",
            "AUTO_FLOAT_NODES_KEY"]
 
@@ -159,7 +163,7 @@ def finish_quantization(quantized, source, onnx_path: Path, out_path: Path, quan
     the source's metadata and describe it."""
     counts, names = quantized_nodes(quantized)
     if not names:
-        raise FgcliError(f"{quantizer} quantized no node of {onnx_path}",
+        raise NothingQuantizedError(f"{quantizer} quantized no node of {onnx_path}",
                          hint=f"the model has no Conv / Gemm / MatMul {quantizer} can quantize")
     outside = [node.name for node in quantized.graph.node if allowed and node.op_type in WEIGHTED_OP_TYPES
                and node.name in names and not re.fullmatch(allowed, node.name)]

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from fgcli.calibration import LAYOUT_OP_TYPES, QuantResult
+from fgcli.calibration import LAYOUT_OP_TYPES, NothingQuantizedError, QuantResult
 from fgcli.calibration.dataset import CalibrationSet, CalibrationWarning, build_calibration_set
 from fgcli.errors import FgcliError
 
@@ -68,7 +68,8 @@ class NodeSensitivity:
 
     name: str
     op_type: str
-    alone: OutputError | None  # None when only the float side was measured (what the greedy loop needs)
+    alone: OutputError | None  # None: not measured (the greedy loop needs only the float side) or not
+    # quantizable alone (ONNX Runtime quantizes a MaxPool only after a quantized node)
     kept_float: OutputError
     recovered_agreement: float  # kept_float.agreement - full INT8 agreement
     recovered_kl: float  # full INT8 KL - kept_float.kl
@@ -186,8 +187,11 @@ def measure_sensitivity(onnx_path: str | Path, calib: CalibrationSet, images: np
         for name in groups:
             alone_error = None
             if alone:
-                alone_model = builder.build(Path(work) / "alone.onnx", only=[name])
-                alone_error = output_error(reference, validation_logits(alone_model.output_path, images), labels)
+                try:
+                    alone_model = builder.build(Path(work) / "alone.onnx", only=[name])
+                    alone_error = output_error(reference, validation_logits(alone_model.output_path, images), labels)
+                except NothingQuantizedError:
+                    pass  # e.g. a MaxPool: quantized only where its input already is, never alone
             kept = builder.build(Path(work) / "kept.onnx", extra_float=[name])
             kept_error = output_error(reference, validation_logits(kept.output_path, images), labels)
             nodes.append(NodeSensitivity(name, op_types.get(name, "?"), alone_error, kept_error,
