@@ -213,12 +213,13 @@ def test_export_auto_precision_writes_the_choice_into_export_record_and_metadata
     assert meta["auto_float_nodes"] == [FRAGILE] and meta["target_agreement"] == 0.9
     assert meta["auto_agreement"] == info["auto_precision"]["agreement"] >= 0.9 and meta["precision"] == "int8"
 
-    # a later quantization of a model carrying the choice keeps those nodes float
+    # the FP32 model carries the choice too: quantizing it again keeps those nodes float
+    assert read_onnx_metadata(fp32)["auto_float_nodes"] == [FRAGILE] and read_onnx_metadata(fp32)["precision"] == "fp32"
     source = load_onnx(fp32)
-    source.metadata_props.add(key=AUTO_FLOAT_NODES_KEY, value=json.dumps([FRAGILE]))
-    carrying = _save(source, tmp_path / "carrying" / "model.onnx")
     assert FRAGILE in float_nodes(source, source)
-    assert FRAGILE not in quantize_ort(carrying, calib, tmp_path / "requantized.onnx").quantized_nodes
+    assert FRAGILE not in quantize_ort(fp32, calib, tmp_path / "requantized.onnx").quantized_nodes
+    props = {p.key: p.value for p in source.metadata_props}
+    assert json.loads(props[AUTO_FLOAT_NODES_KEY]) == [FRAGILE]
 
 
 def test_export_refuses_a_target_above_one_or_without_int8(tmp_path):

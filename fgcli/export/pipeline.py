@@ -159,6 +159,7 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
     validation = validation_subset(opts.check_data or opts.calib_data, calib.preprocess, size=opts.val_size)
     check_validation(validation.images, calib, validation.paths)
     backends = ("modelopt", "ort") if opts.int8_backend == "both" else (opts.int8_backend,)
+    chosen: list[str] = []
     for backend in backends:
         key, name = AUTO_ARTIFACTS[backend]
         with tempfile.TemporaryDirectory(prefix="fgcli-auto-precision-") as work:
@@ -177,17 +178,23 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
                 target_agreement=opts.target_agreement, max_drop=opts.max_drop,
                 step_done=lambda s: step(f"{backend} mixed precision: {len(s.float_nodes)} float nodes, agreement "
                                          f"{s.error.agreement:.1%}, CPU {s.speedup:.2f}x FP32"))
-        write_auto_precision_metadata(result.output_path, choice)
+        update_metadata(result.output_path, auto_float_nodes=choice.chosen.float_nodes,
+                        target_agreement=choice.target_agreement, max_drop=choice.max_drop,
+                        auto_agreement=choice.chosen.error.agreement)
+        chosen.extend(choice.chosen.float_nodes)
         summary.artifacts[key] = {**result.to_dict(), "auto_precision": choice.to_dict(),
                                   "sensitivity": measured[0].to_dict() if measured else None}
         if not choice.met:
             summary.notes.append(f"{backend}: the target was not met even with all {len(measured[0].nodes)} "
                                  f"measured nodes in float (agreement {choice.chosen.error.agreement:.1%})")
+    # the FP32 model carries the choice too, so quantizing it again (fgcli export, quantize_ort / _modelopt)
+    # keeps those nodes float without measuring again
+    update_metadata(onnx_path, auto_float_nodes=list(dict.fromkeys(chosen)))
 
 
-def write_auto_precision_metadata(path: Path, choice) -> None:
-    """Record the measured float nodes, the target and the agreement reached in the ONNX metadata, where
-    ``float_nodes`` (every later quantization of a model carrying them) and ``fgcli build`` find them."""
+def update_metadata(path: Path, **values) -> None:
+    """Set fgcli metadata ``values`` of the ONNX at ``path`` in place (atomically): here the measured float
+    nodes, the target and the agreement reached, where ``float_nodes`` and ``fgcli build`` find them."""
     from fgcli.export.onnx import load_onnx, set_onnx_metadata
     from fgcli.runtime.onnx_runner import decode_fgcli_metadata
     from fgcli.utils import atomic_path
@@ -195,8 +202,7 @@ def write_auto_precision_metadata(path: Path, choice) -> None:
 
     proto = load_onnx(path)
     meta = decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, path)
-    meta.update(auto_float_nodes=choice.chosen.float_nodes, target_agreement=choice.target_agreement,
-                max_drop=choice.max_drop, auto_agreement=choice.chosen.error.agreement)
+    meta.update(values)
     set_onnx_metadata(proto, meta)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
