@@ -263,3 +263,24 @@ def test_report_shows_the_auto_variant_and_its_float_nodes_beside_plain_int8(cal
     assert rows["onnx-int8-ort-auto"]["agreement"] > rows["onnx-int8-ort"]["agreement"]
     headers, cells = main_table(report)
     assert headers[-1] == "float nodes" and [row[-1] for row in cells] == ["—", "0", "1"]
+
+
+@pytest.mark.slow
+def test_cli_export_with_a_target_on_a_trained_checkpoint_prints_the_trade_off(tiny_checkpoint, tiny_dataset,
+                                                                              tmp_path):
+    """The whole path on a real (tiny) ResNet-18: export, plain and measured ORT INT8, export.json, metadata."""
+    from typer.testing import CliRunner
+
+    from fgcli.cli import app
+    from fgcli.export.onnx import read_onnx_metadata
+
+    result = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--out", str(tmp_path), "--int8",
+                                      "--int8-backend", "ort", "--calib-data", str(tiny_dataset), "--calib-size", "24",
+                                      "--target-agreement", "0.99"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "export.json").read_text())["artifacts"]["onnx-int8-ort-auto"]
+    choice = info["auto_precision"]
+    assert choice["target_agreement"] == 0.99 and [s["float_nodes"] for s in choice["steps"]] == list(
+        range(len(choice["steps"])))
+    assert choice["met"] == (choice["agreement"] >= 0.99) and "nodes kept in float" in result.output
+    assert read_onnx_metadata(tmp_path / "model.ort-int8-auto.onnx")["auto_float_nodes"] == choice["float_nodes"]
