@@ -40,6 +40,7 @@ class ExportOptions:
     target_agreement: float | None = None  # automatic mixed precision: keep nodes float until this is met
     max_drop: float | None = None  # ... and / or until top-1 is at most this many points below FP32
     val_size: int = 256  # validation images (val / test split) the target is measured on
+    auto_backend: str | None = None  # which INT8 backends get the mixed-precision model (None: int8_backend)
 
     @property
     def auto_precision(self) -> bool:
@@ -158,7 +159,8 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
 
     validation = validation_subset(opts.check_data or opts.calib_data, calib.preprocess, size=opts.val_size)
     check_validation(validation.images, calib, validation.paths)
-    backends = ("modelopt", "ort") if opts.int8_backend == "both" else (opts.int8_backend,)
+    auto_backend = opts.auto_backend or opts.int8_backend
+    backends = ("modelopt", "ort") if auto_backend == "both" else (auto_backend,)
     chosen: list[str] = []
     for backend in backends:
         key, name = AUTO_ARTIFACTS[backend]

@@ -56,8 +56,10 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
         backends = [b for b, key in (("modelopt", "onnx-int8-modelopt"), ("ort", "onnx-int8-ort")) if key in needed]
         if backends:
             options.int8, options.int8_backend = True, "both" if len(backends) == 2 else backends[0]
-        if any(key.endswith("-auto") for key in needed):
+        auto = [b for b, key in (("modelopt", "onnx-int8-modelopt-auto"), ("ort", "onnx-int8-ort-auto")) if key in needed]
+        if auto:
             options.target_agreement = target_agreement
+            options.auto_backend = "both" if len(auto) == 2 else auto[0]
         summary = export_all(checkpoint, options, step=step)
         write_json_atomic(export_dir / SOURCE_RECORD, record)
         artifacts = summary.artifacts
