@@ -29,10 +29,12 @@ EXPORT_FILES = (*ONNX_FILES.values(), "calib.npz", "export.json", *DERIVED_FILES
 
 
 def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant], data: Path, calib_size: int,
-                      step: Callable[[str], None], target_agreement: float | None = None) -> list[str]:
+                      step: Callable[[str], None], target_agreement: float | None = None,
+                      val_size: int = 256) -> list[str]:
     """Export the ONNX files the runnable ``variants`` need into ``export_dir`` (or reuse current ones) and
     set each ONNX variant's path and export / calibration seconds. ``target_agreement``: the target of the
-    mixed-precision (auto) variants. Returns notes for the report."""
+    mixed-precision (auto) variants, measured on ``val_size`` val (else test) images. Returns notes for the
+    report."""
     from fgcli.export.pipeline import ExportOptions, export_all
 
     needed = _needed_onnx(variants)
@@ -40,7 +42,8 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
         return []
     notes = []
     record = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
-              "calib_data": str(Path(data).resolve()), "calib_size": calib_size, "target_agreement": target_agreement}
+              "calib_data": str(Path(data).resolve()), "calib_size": calib_size, "target_agreement": target_agreement,
+              "val_size": val_size if target_agreement is not None else None}
     previous = _read_json(export_dir / SOURCE_RECORD)
     if not _same_source(previous, record):
         removed = _remove(export_dir, EXPORT_FILES)
@@ -58,7 +61,7 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
             options.int8, options.int8_backend = True, "both" if len(backends) == 2 else backends[0]
         auto = [b for b, key in (("modelopt", "onnx-int8-modelopt-auto"), ("ort", "onnx-int8-ort-auto")) if key in needed]
         if auto:
-            options.target_agreement = target_agreement
+            options.target_agreement, options.val_size = target_agreement, val_size
             options.auto_backend = "both" if len(auto) == 2 else auto[0]
         summary = export_all(checkpoint, options, step=step)
         write_json_atomic(export_dir / SOURCE_RECORD, record)
@@ -152,7 +155,8 @@ def _needed_onnx(variants: list[Variant]) -> list[str]:
 
 def _same_source(previous: dict[str, Any], record: dict[str, Any]) -> bool:
     """Same checkpoint bytes and calibration settings (the checkpoint may have moved)."""
-    return all(previous.get(key) == record[key] for key in ("sha256", "calib_data", "calib_size", "target_agreement"))
+    return all(previous.get(key) == record[key] for key in ("sha256", "calib_data", "calib_size", "target_agreement",
+                                                         "val_size"))
 
 
 def _remove(folder: Path, names: tuple[str, ...]) -> list[str]:
