@@ -6,7 +6,7 @@ epochs, as users start from ImageNet weights. ``build_report`` then exports it (
 quantizes it with modelopt (Q/DQ) and ONNX Runtime, evaluates every variant on the test split and times them.
 INT8 must stay within 2 top-1 points of FP32 and agree with it on at least 95 % of the test images; ONNX Runtime
 INT8 with measured mixed precision (``target_agreement=0.99``: the nodes INT8 hurts most kept float) must agree on
-at least 99 % and stay within 0.5 points. The synthetic set has no val split, so its target is measured on the test
+at least 99 % and stay within 0.5 points (the loop keeps nodes float until both hold). The synthetic set has no val split, so its target is measured on the test
 split itself: this checks that the loop reaches the target and what it costs (float nodes, speed), not that the
 choice carries over to unseen images (on 256 of the 360 images, the baseline's reached 99.2 % there and 98.9 % on
 all 360).
@@ -70,7 +70,8 @@ def test_method_exports_quantizes_and_reports_within_int8_budget(method, synthet
     out = checkpoint.parent / "report"
     formats = [name for name in VARIANT_NAMES if name != "onnx-int8-modelopt-auto"]
     report = build_report(checkpoint, synthetic, out, batch_sizes=[1, 8], iterations=10, warmup=2, calib_size=240,
-                          formats=formats, target_agreement=TARGET_AGREEMENT, val_size=TEST_IMAGES)
+                          formats=formats, target_agreement=TARGET_AGREEMENT, val_size=TEST_IMAGES,
+                          max_drop=100 * MAX_AUTO_DROP)
     files = write_report(report, out)
     assert {Path(p).name for p in files.values()} == {"report.md", "report.json", "report.png"}
     assert json.loads((out / "report.json").read_text())["variants"] == report["variants"]

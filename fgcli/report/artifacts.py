@@ -30,7 +30,7 @@ EXPORT_FILES = (*ONNX_FILES.values(), "calib.npz", "export.json", *DERIVED_FILES
 
 def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant], data: Path, calib_size: int,
                       step: Callable[[str], None], target_agreement: float | None = None,
-                      val_size: int = 256) -> list[str]:
+                      val_size: int = 256, max_drop: float | None = None) -> list[str]:
     """Export the ONNX files the runnable ``variants`` need into ``export_dir`` (or reuse current ones) and
     set each ONNX variant's path and export / calibration seconds. ``target_agreement``: the target of the
     mixed-precision (auto) variants, measured on ``val_size`` val (else test) images. Returns notes for the
@@ -43,7 +43,7 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
     notes = []
     record = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
               "calib_data": str(Path(data).resolve()), "calib_size": calib_size, "target_agreement": target_agreement,
-              "val_size": val_size if target_agreement is not None else None}
+              "val_size": val_size if target_agreement is not None else None, "max_drop": max_drop}
     previous = _read_json(export_dir / SOURCE_RECORD)
     if not _same_source(previous, record):
         removed = _remove(export_dir, EXPORT_FILES)
@@ -61,7 +61,7 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
             options.int8, options.int8_backend = True, "both" if len(backends) == 2 else backends[0]
         auto = [b for b, key in (("modelopt", "onnx-int8-modelopt-auto"), ("ort", "onnx-int8-ort-auto")) if key in needed]
         if auto:
-            options.target_agreement, options.val_size = target_agreement, val_size
+            options.target_agreement, options.val_size, options.max_drop = target_agreement, val_size, max_drop
             options.auto_backend = "both" if len(auto) == 2 else auto[0]
         summary = export_all(checkpoint, options, step=step)
         write_json_atomic(export_dir / SOURCE_RECORD, record)
@@ -156,7 +156,7 @@ def _needed_onnx(variants: list[Variant]) -> list[str]:
 def _same_source(previous: dict[str, Any], record: dict[str, Any]) -> bool:
     """Same checkpoint bytes and calibration settings (the checkpoint may have moved)."""
     return all(previous.get(key) == record[key] for key in ("sha256", "calib_data", "calib_size", "target_agreement",
-                                                         "val_size"))
+                                                         "val_size", "max_drop"))
 
 
 def _remove(folder: Path, names: tuple[str, ...]) -> list[str]:

@@ -90,6 +90,7 @@ def build_report(
     cam_images: int = DEFAULT_CAM_IMAGES,
     target_agreement: float | None = None,
     val_size: int = 256,
+    max_drop: float | None = None,
     hooks: ReportHooks | None = None,
 ) -> dict[str, Any]:
     """Evaluate and time every variant of a model on ``split`` of ``data``; returns the report dict.
@@ -106,7 +107,8 @@ def build_report(
     Grad-CAM when it is torch), so one sees whether quantization moved the attention; 0 for none.
     ``target_agreement``: also report INT8 with measured mixed precision (the ``-auto`` variants, see
     ``fgcli export --target-agreement``); without it they are reported only from an export folder holding them.
-    ``val_size``: the val (else test) images the target is measured on.
+    ``val_size``: the val (else test) images the target is measured on; ``max_drop``: with a target, also keep
+    top-1 at most this many points below FP32 there.
     Write the other files with ``write_report(report, out_dir)``.
     """
     hooks = hooks or ReportHooks()
@@ -122,14 +124,14 @@ def build_report(
     else:
         from fgcli.calibration.sensitivity import check_targets
 
-        check_targets(target_agreement, None)
+        check_targets(target_agreement, max_drop)
     data_split = load_split(data, split, layout)
     if not data_split.samples:
         raise FgcliError(f"the {split} split of {data} has no images", hint="pick another --split")
     checkpoint, export_dir = _read_source(source, out_dir)
     variants = plan_variants(names, checkpoint=checkpoint is not None, export_dir=export_dir, device=device)
     notes = _prepare_files(source, checkpoint, export_dir, variants, data, calib_size, batch_sizes[-1], device, hooks,
-                           target_agreement, val_size)
+                           target_agreement, val_size, max_drop)
 
     with ExitStack() as stack:
         runners = {}
@@ -208,12 +210,13 @@ def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
 
 def _prepare_files(source: Path, checkpoint: dict | None, export_dir: Path, variants: list[Variant], data: Path,
                    calib_size: int, max_batch: int, device: str, hooks: ReportHooks,
-                   target_agreement: float | None = None, val_size: int = 256) -> list[str]:
+                   target_agreement: float | None = None, val_size: int = 256,
+                   max_drop: float | None = None) -> list[str]:
     """Give every runnable variant its file: export from the checkpoint, or take the folder's; build engines."""
     notes = []
     if checkpoint is not None:
         notes = export_for_report(source, export_dir, variants, data, calib_size, hooks.step, target_agreement,
-                                  val_size)
+                                  val_size, max_drop)
         for variant in variants:
             if variant.backend == TORCH and variant.available:
                 variant.path = source
