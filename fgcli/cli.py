@@ -404,6 +404,9 @@ def export(
     workspace: float = typer.Option(4.0, "--workspace", min=MIN_WORKSPACE_GIB, help="TensorRT workspace limit, GiB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", min=0, help="Build for a Jetson DLA core, with GPU fallback."),
     device: str = typer.Option("cpu", "--device", help="Where modelopt calibrates: cpu or cuda."),
+    target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="With --int8, also write the mixed-precision model (model.int8-auto.onnx / model.ort-int8-auto.onnx): keep the nodes INT8 hurts most in float, one at a time, until this top-1 agreement with FP32 (e.g. 0.99) is met on the val / test split."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=100.0, help="With --int8: ... until top-1 is at most this many points below FP32 (e.g. 0.5); with --target-agreement both must hold."),
+    val_size: int = typer.Option(256, "--val-size", min=1, max=100_000, help="Validation images the target is measured on (val, else test split; disjoint from calibration)."),
 ) -> None:
     """Export a checkpoint: ONNX (checked against PyTorch), FP16, INT8, TensorRT engine."""
     from fgcli.export.pipeline import ExportOptions, export_all
@@ -412,7 +415,8 @@ def export(
         out_dir=out or checkpoint.parent / "export", opset=opset, img_size=img_size, batch=_parse_batch(batch),
         fp16=fp16, int8=int8, int8_backend=int8_backend, calib_data=str(calib_data) if calib_data else None,
         calib_size=calib_size, calib_method=calib_method, check_data=str(data) if data else None, trt=trt,
-        workspace_gib=workspace, dla_core=dla_core, device=device,
+        workspace_gib=workspace, dla_core=dla_core, device=device, target_agreement=target_agreement,
+        max_drop=max_drop, val_size=val_size,
     )
     with _status("exporting") as step:
         summary = export_all(checkpoint, options, step=step)
@@ -430,14 +434,35 @@ def _print_export_summary(summary) -> None:
         elif "quantized_counts" in info:
             counts = ", ".join(f"{n} {op}" for op, n in sorted(info["quantized_counts"].items()))
             check = f"{info['calibration_images']} calibration images ({info['calib_method']}); quantized: {counts}"
+            if "auto_precision" in info:
+                choice = info["auto_precision"]
+                check += f"; {len(choice['float_nodes'])} measured float nodes, agreement {choice['agreement']:.1%}"
         elif "images" in info:
             check = f"{info['images']} images"
         else:
             check = f"{info.get('build_path', '')} {info.get('tensorrt', '')}"
         table.add_row(key, Path(path).name if path else "-", check)
     console.print(table)
+    for key, info in summary.artifacts.items():
+        if "auto_precision" in info:
+            _print_precision_steps(key, info["auto_precision"])
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def _print_precision_steps(key: str, choice: dict) -> None:
+    """The accuracy / speed trade-off of automatic mixed precision, one row per node kept in float."""
+    target = " and ".join(t for t in (f"agreement >= {choice['target_agreement']}" if choice["target_agreement"]
+                                      is not None else "", f"top-1 drop <= {choice['max_drop']} points"
+                                      if choice["max_drop"] is not None else "") if t)
+    table = Table(title=f"{key}: nodes kept in float until {target}" + ("" if choice["met"] else " (not met)"))
+    for column in ("float nodes", "added", "agreement", "top-1", "KL", "CPU ms (batch 1)", "vs FP32"):
+        table.add_column(column)
+    for row in choice["steps"]:
+        top1 = "-" if row["top1"] is None else f"{row['top1']:.1%}"
+        table.add_row(str(row["float_nodes"]), row["added"] or "(full INT8)", f"{row['agreement']:.1%}", top1,
+                      f"{row['kl']:.3g}", f"{row['latency_ms']:.2f}", f"{row['speedup']:.2f}x")
+    console.print(table)
 
 
 @app.command()
@@ -496,6 +521,51 @@ def calib(
 
 
 @app.command()
+def sensitivity(
+    model: Path = typer.Argument(..., help="A .pt checkpoint, an export folder (its model.onnx) or an FP32 .onnx."),
+    data: Path = typer.Option(..., "--data", help="Dataset: its train split calibrates, its val (else test) split validates."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: sensitivity/ beside the model)."),
+    backend: str = typer.Option("ort", "--backend", help="ort (ONNX Runtime INT8 for CPU; calibrates once) or modelopt (Q/DQ for TensorRT; calibrates every model, slower)."),
+    calib_size: int = typer.Option(256, "--calib-size", min=1, max=100_000, help="Calibration images from the train split."),
+    val_size: int = typer.Option(256, "--val-size", min=1, max=100_000, help="Validation images compared with FP32 (a few hundred suffice)."),
+    top: int = typer.Option(20, "--top", min=1, max=1000, help="Nodes shown in the table and the plot."),
+) -> None:
+    """How much INT8 costs per node: each quantized alone, and each kept alone in float from full INT8.
+
+    Ranked by KL(FP32 || INT8) on the validation images; writes sensitivity.json and sensitivity.png.
+    `fgcli export --int8 --target-agreement 0.99` uses the same measurement to choose the nodes it keeps in float.
+    """
+    from fgcli.calibration.sensitivity import sensitivity_of
+
+    out_dir = out or (model.parent if model.is_file() else model) / "sensitivity"
+    with _progress() as progress:
+        task = progress.add_task("INT8 per node (2 models each)", total=None, info="")
+        result, files = sensitivity_of(model, data, out_dir, backend=backend, calib_size=calib_size,
+                                       val_size=val_size, top=top,
+                                       progress=lambda name, total: progress.update(task, advance=1, total=total,
+                                                                                    info=name))
+    _print_sensitivity(result, top)
+    console.print(f"[bold]{files['json']}[/], [bold]{files['png']}[/]")
+
+
+def _print_sensitivity(result, top: int) -> None:
+    full = result.full_int8
+    table = Table(title=f"INT8 sensitivity ({result.backend}; full INT8: agreement {full.agreement:.1%}, "
+                        f"KL {full.kl:.3g}; {result.validation_images} validation images)")
+    for column in ("rank", "node", "op", "alone: agreement", "alone: KL", "float: agreement", "recovered"):
+        table.add_column(column)
+    for rank, node in enumerate(result.nodes[:top], 1):
+        alone = node.alone
+        table.add_row(str(rank), node.name, node.op_type, "-" if alone is None else f"{alone.agreement:.1%}",
+                      "-" if alone is None else f"{alone.kl:.3g}",
+                      f"{node.kept_float.agreement:.1%}", f"{node.recovered_agreement:+.1%}")
+    console.print(table)
+    if result.constraint_float_nodes:
+        console.print(f"kept float by the model's own rules (not measured): {', '.join(result.constraint_float_nodes)}",
+                      highlight=False)
+
+
+@app.command()
 def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """What this machine offers for deployment: Python, torch / CUDA, ONNX Runtime, modelopt, TensorRT, GPU, Jetson, DLA."""
     from fgcli.runtime.doctor import collect_environment, environment_table
@@ -526,10 +596,11 @@ def report(
     dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
     cam_images: int = typer.Option(4, "--cam-images", min=0, help="Test images drawn in OUT/report_cam.png: occlusion maps of FP32 next to every INT8 / FP16 variant (0: none)."),
     compare: bool = typer.Option(False, "--compare", help="Put report.json files from several machines or methods into one table and plot (compare.md / .json / .png)."),
+    target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="Also report INT8 with measured mixed precision (onnx-int8-modelopt-auto, onnx-int8-ort-auto): nodes kept float until this agreement with FP32, e.g. 0.99 (as fgcli export --target-agreement)."),
 ) -> None:
     """Accuracy and speed of every variant of a model on this machine, side by side, in one run.
 
-    Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort, trt-fp32 / -fp16 / -int8. From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint). TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
+    Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort (with --target-agreement also their -auto mixed-precision variants), trt-fp32 / -fp16 / -int8. From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint). TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
 
     Per variant: file size, top-1 / top-5, change and agreement against FP32, the classes that lost most, latency p50 / p90 / p99 at batch 1, throughput per batch size, build / calibration time. Timing is interleaved across variants, so the ratios to FP32 hold on a busy machine.
 
@@ -551,7 +622,7 @@ def report(
     source = sources[0]
     _report(source, data, out or (source.parent if source.is_file() else source) / "report", formats=formats,
             batch_sizes=batch_sizes, device=device, iterations=iterations, warmup=warmup, calib_size=calib_size,
-            split=split, layout=dataset, cam_images=cam_images)
+            split=split, layout=dataset, cam_images=cam_images, target_agreement=target_agreement)
 
 
 def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:

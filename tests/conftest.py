@@ -19,9 +19,11 @@ def pytest_terminal_summary(terminalreporter):
     if not DEPLOY_FIGURES:
         return
     terminalreporter.section("FP32 vs INT8 per method (synthetic test split, ONNX Runtime CPU)")
-    terminalreporter.write_line("method: variant top-1 / agreement with torch-fp32 / p50 ms at batch 1")
+    terminalreporter.write_line("method: variant top-1 / agreement with torch-fp32 / p50 ms at batch 1 "
+                                "[/ nodes INT8 keeps float]")
     for row in DEPLOY_FIGURES:
         cells = [f"{name} {v['top1']:.3f} / {v['agreement']:.3f} / {v['p50_ms']:.1f}"
+                 + ("" if v.get("float_nodes") is None else f" / {v['float_nodes']}")
                  for name, v in row.items() if name != "method"]
         terminalreporter.write_line(f"{row['method']}: " + "; ".join(cells))
 

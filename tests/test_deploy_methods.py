@@ -4,7 +4,12 @@ Run with ``python -m pytest -q -m deploy`` (CI does; about 10 minutes on 2 cores
 with the small recipe; every other method starts from its backbone (``--weights best.pt``) and fine-tunes a few
 epochs, as users start from ImageNet weights. ``build_report`` then exports it (ONNX checked against PyTorch),
 quantizes it with modelopt (Q/DQ) and ONNX Runtime, evaluates every variant on the test split and times them.
-INT8 must stay within 2 top-1 points of FP32 and agree with it on at least 95 % of the test images.
+INT8 must stay within 2 top-1 points of FP32 and agree with it on at least 95 % of the test images; ONNX Runtime
+INT8 with measured mixed precision (``target_agreement=0.99``: the nodes INT8 hurts most kept float) must agree on
+at least 99 % and stay within 0.5 points (the loop keeps nodes float until both hold). The synthetic set has no val split, so its target is measured on the test
+split itself: this checks that the loop reaches the target and what it costs (float nodes, speed), not that the
+choice carries over to unseen images (on 256 of the 360 images, the baseline's reached 99.2 % there and 98.9 % on
+all 360).
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ pytestmark = [pytest.mark.deploy,
 
 # 240 train and 360 test images: a large test split keeps the INT8 figures from hinging on one or two images
 CLASSES, PER_CLASS, TEST_FRACTION = 6, 100, 0.6
+TEST_IMAGES = round(CLASSES * PER_CLASS * TEST_FRACTION)
 IMG_SIZE, RESIZE = 96, 110
 BASELINE_EPOCHS, FINETUNE_EPOCHS = 15, 5
 INT8_VARIANTS = ("onnx-int8-modelopt", "onnx-int8-ort")
 MAX_TOP1_DROP, MIN_AGREEMENT = 0.02, 0.95
+#: measured mixed precision, ONNX Runtime only: modelopt calibrates every candidate model in a child (minutes)
+AUTO_VARIANT, TARGET_AGREEMENT, MAX_AUTO_DROP = "onnx-int8-ort-auto", 0.99, 0.005
 
 
 @pytest.fixture(scope="module")
@@ -55,27 +63,35 @@ def baseline_checkpoint(synthetic) -> Path:
 
 @pytest.mark.parametrize("method", list_models())
 def test_method_exports_quantizes_and_reports_within_int8_budget(method, synthetic, baseline_checkpoint):
-    from fgcli.report import build_report, write_report
+    from fgcli.report import VARIANT_NAMES, build_report, write_report
 
     checkpoint = baseline_checkpoint if method == "baseline" else _train(
         method, synthetic, synthetic.parent / method, FINETUNE_EPOCHS, weights=baseline_checkpoint)
     out = checkpoint.parent / "report"
-    report = build_report(checkpoint, synthetic, out, batch_sizes=[1, 8], iterations=10, warmup=2, calib_size=240)
+    formats = [name for name in VARIANT_NAMES if name != "onnx-int8-modelopt-auto"]
+    report = build_report(checkpoint, synthetic, out, batch_sizes=[1, 8], iterations=10, warmup=2, calib_size=240,
+                          formats=formats, target_agreement=TARGET_AGREEMENT, val_size=TEST_IMAGES,
+                          max_drop=100 * MAX_AUTO_DROP)
     files = write_report(report, out)
     assert {Path(p).name for p in files.values()} == {"report.md", "report.json", "report.png"}
     assert json.loads((out / "report.json").read_text())["variants"] == report["variants"]
 
     rows = {row["name"]: row for row in report["variants"]}
     assert report["reference"] == "torch-fp32" and rows["onnx-fp32"]["agreement"] == 1.0
-    for name in ("torch-fp32", "onnx-fp32", *INT8_VARIANTS):
+    for name in ("torch-fp32", "onnx-fp32", *INT8_VARIANTS, AUTO_VARIANT):
         row = rows[name]
         assert row["available"], f"{name}: {row['reason']}"
         assert all(math.isfinite(v) for v in (row["top1"], row["top5"], *row["latency_ms"].values(),
                                               *row["throughput_ips"].values()))
     DEPLOY_FIGURES.append({"method": method, **{
         name: {"top1": rows[name]["top1"], "agreement": rows[name]["agreement"],
-               "p50_ms": rows[name]["latency_ms"]["p50"]} for name in ("torch-fp32", "onnx-fp32", *INT8_VARIANTS)}})
+               "p50_ms": rows[name]["latency_ms"]["p50"], "float_nodes": rows[name]["float_nodes"]}
+        for name in ("torch-fp32", "onnx-fp32", *INT8_VARIANTS, AUTO_VARIANT)}})
     for name in INT8_VARIANTS:
         row = rows[name]
         assert row["delta_top1"] >= -MAX_TOP1_DROP, f"{method} {name}: top-1 fell {-row['delta_top1']:.1%}"
         assert row["agreement"] >= MIN_AGREEMENT, f"{method} {name}: agreement {row['agreement']:.1%}"
+    auto = rows[AUTO_VARIANT]
+    assert auto["float_nodes"] >= rows["onnx-int8-ort"]["float_nodes"], "the measured choice adds to the model's own"
+    assert auto["agreement"] >= TARGET_AGREEMENT, f"{method} {AUTO_VARIANT}: agreement {auto['agreement']:.1%}"
+    assert auto["delta_top1"] >= -MAX_AUTO_DROP, f"{method} {AUTO_VARIANT}: top-1 fell {-auto['delta_top1']:.1%}"

@@ -20,6 +20,7 @@ from fgcli.engine.evaluate import EvalResult
 from fgcli.errors import FgcliError
 from fgcli.report import SCHEMA, VARIANT_NAMES, ReportHooks, build_report, write_report
 from fgcli.report.core import agreement, worst_classes
+from fgcli.report.variants import AUTO_VARIANTS
 from fgcli.report.timing import time_interleaved, timed_calls
 from fgcli.runtime.doctor import LABELS
 
@@ -87,7 +88,7 @@ def test_report_writes_the_three_files_with_every_column_and_only_finite_numbers
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = strict_json(out / "report.json")
     assert saved["schema"] == SCHEMA and saved["reference"] == "torch-fp32"
-    assert [v["name"] for v in saved["variants"]] == list(VARIANT_NAMES)
+    assert [v["name"] for v in saved["variants"]] == [n for n in VARIANT_NAMES if n not in AUTO_VARIANTS]
     assert list(saved["environment"]) == list(LABELS)
     assert saved["model"] == {"method": "baseline", "backbone": "resnet18", "classes": 3, "img_size": 32}
     assert saved["dataset"]["images"] == 12 and saved["batch_sizes"] == [1, 2]
@@ -105,7 +106,7 @@ def test_report_writes_the_three_files_with_every_column_and_only_finite_numbers
     header = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| variant"))
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns == ["variant", "runner", "file MB", "top-1 %", "top-5 %", "Δ top-1 pp", "agreement %", "p50 ms",
-                       "p90 ms", "p99 ms", "speed-up p50", "img/s b1", "img/s b2", "build s", "calib s"]
+                       "p90 ms", "p99 ms", "speed-up p50", "img/s b1", "img/s b2", "build s", "calib s", "float nodes"]
     assert "![top-1 against latency" in (out / "report.md").read_text()
 
 
@@ -276,7 +277,7 @@ def test_compare_puts_reports_of_two_machines_in_one_table_and_plot(full_report,
     ran = sum(v["available"] for v in report["variants"])
     labels = [r["label"] for r in comparison["reports"]]
     assert labels[1] == "NVIDIA Jetson AGX Orin Developer Kit / baseline" and labels[0].endswith(" / baseline")
-    assert len(comparison["rows"]) == 2 * ran and len(comparison["not_run"]) == 2 * (len(VARIANT_NAMES) - ran)
+    assert len(comparison["rows"]) == 2 * ran and len(comparison["not_run"]) == 2 * (len(report["variants"]) - ran)
     markdown = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| report | variant | top-1 % |" in markdown and (tmp_path / "cmp" / "compare.png").is_file()
 

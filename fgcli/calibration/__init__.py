@@ -7,6 +7,7 @@ the result record, which nodes ended up quantized, and carrying the fgcli metada
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -22,9 +23,15 @@ if TYPE_CHECKING:
 PRECISION_KEY = "fgcli.precision"
 SYMMETRIC_INT8_NODES_KEY = "fgcli.symmetric_int8_nodes"
 FLOAT_NODES_KEY = "fgcli.float_nodes"
+#: the nodes ``--target-agreement`` measured and kept in float (a JSON list), honoured by later quantizations
+AUTO_FLOAT_NODES_KEY = "fgcli.auto_float_nodes"
 QDQ_OP_TYPES = {"QuantizeLinear", "DequantizeLinear"}
 WEIGHTED_OP_TYPES = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # the layers INT8 is for
 LAYOUT_OP_TYPES = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+class NothingQuantizedError(FgcliError):
+    """The quantizer left every node of the model in float."""
 
 
 @dataclass
@@ -50,13 +57,15 @@ class QuantResult:
 
 def quantized_nodes(model) -> tuple[dict[str, int], list[str]]:
     """Which compute nodes of a Q/DQ ONNX ``ModelProto`` run quantized (fed by a DequantizeLinear):
-    counts by op type, and their names. A Conv / Gemm / MatMul counts by its input and weight, not its bias:
-    the simplifier shares identical initializers (e.g. zero biases), so a float layer may share a quantized bias."""
+    counts by op type, and their names. A Conv / Gemm / MatMul counts when both its input and its weight are
+    dequantized, not by its bias: the simplifier shares identical initializers (e.g. zero biases), so a float
+    layer may share a quantized bias, and a layer kept float still reads its quantized neighbour's output."""
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     names, counts = [], Counter()
     for node in model.graph.node:
-        inputs = node.input[:2] if node.op_type in WEIGHTED_OP_TYPES else node.input
-        if node.op_type not in QDQ_OP_TYPES and any(name in dequantized for name in inputs):
+        weighted = node.op_type in WEIGHTED_OP_TYPES
+        fed = [name in dequantized for name in (node.input[:2] if weighted else node.input)]
+        if node.op_type not in QDQ_OP_TYPES and fed and (all(fed) if weighted else any(fed)):
             names.append(node.name or f"{node.op_type}#{len(names)}")
             counts[node.op_type] += 1
     return dict(sorted(counts.items())), names
@@ -67,12 +76,21 @@ def symmetric_int8_pattern(model) -> str | None:
     return _metadata(model, SYMMETRIC_INT8_NODES_KEY)
 
 
-def float_nodes(source, graph) -> list[str]:
-    """The nodes of ``graph`` every quantizer leaves in float: the softmax-weighted ones and those matching the
-    exporting model's ``FGVCModel.float_nodes`` (read from ``source``'s metadata)."""
+def float_nodes(source, graph, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The nodes of ``graph`` every quantizer leaves in float: the softmax-weighted ones, those matching the
+    exporting model's ``FGVCModel.float_nodes``, those an earlier ``--target-agreement`` chose (both read from
+    ``source``'s metadata), and ``extra`` (names a sensitivity measurement asks to keep float)."""
     pattern = _metadata(source, FLOAT_NODES_KEY)
+    names = {node.name for node in graph.graph.node}
     declared = [node.name for node in graph.graph.node if pattern and re.fullmatch(pattern, node.name)]
-    return list(dict.fromkeys(softmax_weighted_nodes(graph) + declared))
+    measured = [name for name in [*auto_float_nodes(source), *extra] if name in names]
+    return list(dict.fromkeys(softmax_weighted_nodes(graph) + declared + measured))
+
+
+def auto_float_nodes(model) -> list[str]:
+    """The node names ``model``'s metadata says a measured mixed precision keeps in float ([] when none)."""
+    text = _metadata(model, AUTO_FLOAT_NODES_KEY)
+    return json.loads(text) if text else []
 
 
 def _metadata(model, key: str) -> str | None:
@@ -133,8 +151,9 @@ def save_with_metadata(model, source_model, out_path: str | Path) -> Path:
     return Path(out_path)
 
 
-__all__ = ["QuantResult", "quantized_nodes", "save_with_metadata", "calibration_input",
-           "symmetric_int8_pattern", "float_nodes", "softmax_weighted_nodes", "PRECISION_KEY"]
+__all__ = ["QuantResult", "NothingQuantizedError", "quantized_nodes", "save_with_metadata", "calibration_input",
+           "symmetric_int8_pattern", "float_nodes", "auto_float_nodes", "softmax_weighted_nodes", "PRECISION_KEY",
+           "AUTO_FLOAT_NODES_KEY"]
 
 
 def finish_quantization(quantized, source, onnx_path: Path, out_path: Path, quantizer: str, calib_method: str,
@@ -144,7 +163,7 @@ def finish_quantization(quantized, source, onnx_path: Path, out_path: Path, quan
     the source's metadata and describe it."""
     counts, names = quantized_nodes(quantized)
     if not names:
-        raise FgcliError(f"{quantizer} quantized no node of {onnx_path}",
+        raise NothingQuantizedError(f"{quantizer} quantized no node of {onnx_path}",
                          hint=f"the model has no Conv / Gemm / MatMul {quantizer} can quantize")
     outside = [node.name for node in quantized.graph.node if allowed and node.op_type in WEIGHTED_OP_TYPES
                and node.name in names and not re.fullmatch(allowed, node.name)]

@@ -39,11 +39,16 @@ class CalibrationBatches:
 
 def quantize_ort(onnx_path: str | Path, calib: CalibrationSet | str | Path, out_path: str | Path,
                  per_channel: bool = True, calib_method: str = "minmax", reduce_range: bool = False,
-                 batch_size: int = 16) -> QuantResult:
+                 batch_size: int = 16, extra_float_nodes: list[str] | tuple[str, ...] = (),
+                 only_nodes: list[str] | None = None, calibration_cache: str | Path | None = None) -> QuantResult:
     """Write a static INT8 (QDQ, U8 activations, S8 weights) copy of ``onnx_path`` for ONNX Runtime CPU.
 
     ``reduce_range`` quantizes weights to 7 bits: use it for x86 CPUs without VNNI (AVX2 only), where the
     U8S8 kernels can saturate. The fgcli metadata is carried over with ``fgcli.precision`` set to int8.
+    ``extra_float_nodes`` are kept in float besides the model's own; ``only_nodes`` quantizes those nodes alone;
+    ``calibration_cache`` (a JSON file ORT writes on the first call, reads on later ones) calibrates once for
+    many quantizations of the same model, as a sensitivity measurement does. Node names are those of the
+    pre-processed graph, which are the names ``quantized_nodes`` reports.
     """
     if calib_method not in CALIB_METHODS:
         raise FgcliError(f"unknown INT8 calibration method '{calib_method}' for ONNX Runtime",
@@ -62,12 +67,14 @@ def quantize_ort(onnx_path: str | Path, calib: CalibrationSet | str | Path, out_
         start = time.perf_counter()
         try:
             quant_pre_process(str(onnx_path), str(prepared))
-            kept_float = float_nodes(source, onnx.load(str(prepared)))
+            kept_float = float_nodes(source, onnx.load(str(prepared)), extra_float_nodes)
             quantization.quantize_static(
                 str(prepared), str(quantized_path), CalibrationBatches(input_name, calib, batch_size),
                 quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
                 activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
-                calibrate_method=method, calibration_providers=["CPUExecutionProvider"], nodes_to_exclude=kept_float)
+                calibrate_method=method, calibration_providers=["CPUExecutionProvider"], nodes_to_exclude=kept_float,
+                nodes_to_quantize=list(only_nodes) if only_nodes is not None else None,
+                calibration_cache_path=str(calibration_cache) if calibration_cache else None)
         except Exception as exc:
             raise FgcliError(f"ONNX Runtime could not quantize {onnx_path}: {type(exc).__name__}: {exc}",
                              hint="check that the model runs in onnxruntime (`fgcli export` runs a parity check)"

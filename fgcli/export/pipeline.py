@@ -37,6 +37,14 @@ class ExportOptions:
     workspace_gib: float = 4.0
     dla_core: int | None = None
     device: str = "cpu"  # where modelopt calibrates
+    target_agreement: float | None = None  # automatic mixed precision: keep nodes float until this is met
+    max_drop: float | None = None  # ... and / or until top-1 is at most this many points below FP32
+    val_size: int = 256  # validation images (val / test split) the target is measured on
+    auto_backend: str | None = None  # which INT8 backends get the mixed-precision model (None: int8_backend)
+
+    @property
+    def auto_precision(self) -> bool:
+        return self.target_agreement is not None or self.max_drop is not None
 
 
 @dataclass
@@ -61,6 +69,12 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
         raise FgcliError("TensorRT INT8 builds from the modelopt Q/DQ model", hint="use --int8-backend modelopt or both")
     if opts.int8 and not (opts.calib_data or opts.check_data):
         raise FgcliError("--int8 needs calibration images", hint="pass --calib-data DATASET (its train split is sampled)")
+    if opts.auto_precision:
+        from fgcli.calibration.sensitivity import check_targets
+
+        check_targets(opts.target_agreement, opts.max_drop)
+        if not opts.int8:
+            raise FgcliError("--target-agreement / --max-drop choose INT8's float nodes", hint="add --int8")
     out = Path(opts.out_dir)
     summary = ExportSummary(out)
     ckpt = load_checkpoint(checkpoint)
@@ -125,11 +139,83 @@ def _quantize(onnx_path: Path, opts: ExportOptions, summary: ExportSummary, step
         method = {"max": "minmax"}.get(opts.calib_method, opts.calib_method)
         result = quantize_ort(onnx_path, calib, onnx_path.with_name("model.ort-int8.onnx"), calib_method=method)
         summary.artifacts["onnx-int8-ort"] = result.to_dict()
+    if opts.auto_precision:
+        _auto_precision(onnx_path, calib, opts, summary, step)
+
+
+#: the automatic mixed-precision artifact of each --int8-backend, and its file
+AUTO_ARTIFACTS = {"modelopt": ("onnx-int8-modelopt-auto", "model.int8-auto.onnx"),
+                  "ort": ("onnx-int8-ort-auto", "model.ort-int8-auto.onnx")}
+
+
+def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: ExportSummary, step) -> None:
+    """Per backend: measure every node's INT8 sensitivity on a validation subset disjoint from ``calib``, then
+    keep the most sensitive in float one at a time until the target is met; record the choice in export.json
+    and in the model's metadata."""
+    import tempfile
+
+    from fgcli.calibration.sensitivity import (Int8Builder, check_validation, choose_float_nodes,
+                                               measure_sensitivity, validation_subset)
+
+    validation = validation_subset(opts.check_data or opts.calib_data, calib.preprocess, size=opts.val_size)
+    check_validation(validation.images, calib, validation.paths)
+    auto_backend = opts.auto_backend or opts.int8_backend
+    backends = ("modelopt", "ort") if auto_backend == "both" else (auto_backend,)
+    chosen: list[str] = []
+    for backend in backends:
+        key, name = AUTO_ARTIFACTS[backend]
+        with tempfile.TemporaryDirectory(prefix="fgcli-auto-precision-") as work:
+            builder = Int8Builder(onnx_path, backend, calib, work, fp16=opts.fp16, calib_method=opts.calib_method,
+                                  device=opts.device)
+            measured = []
+
+            def ranked() -> list[str]:  # only when full INT8 misses the target
+                measured.append(measure_sensitivity(
+                    onnx_path, calib, validation.images, backend=backend, labels=validation.labels, builder=builder,
+                    alone=False, progress=lambda node, total: step(f"{backend} INT8 sensitivity: {node} ({total})")))
+                return measured[0].ranked_names
+
+            choice, result = choose_float_nodes(
+                builder, ranked, onnx_path.with_name(name), validation.images, validation.labels,
+                target_agreement=opts.target_agreement, max_drop=opts.max_drop,
+                step_done=lambda s: step(f"{backend} mixed precision: {len(s.float_nodes)} float nodes, agreement "
+                                         f"{s.error.agreement:.1%}, CPU {s.speedup:.2f}x FP32"))
+        update_metadata(result.output_path, auto_float_nodes=choice.chosen.float_nodes,
+                        target_agreement=choice.target_agreement, max_drop=choice.max_drop,
+                        auto_agreement=choice.chosen.error.agreement)
+        chosen.extend(choice.chosen.float_nodes)
+        summary.artifacts[key] = {**result.to_dict(), "auto_precision": choice.to_dict(),
+                                  "sensitivity": measured[0].to_dict() if measured else None}
+        if not choice.met:
+            summary.notes.append(f"{backend}: the target was not met even with all {len(measured[0].nodes)} "
+                                 f"measured nodes in float (agreement {choice.chosen.error.agreement:.1%})")
+    # the FP32 model carries the choice too, so quantizing it again (fgcli export, quantize_ort / _modelopt)
+    # keeps those nodes float without measuring again
+    update_metadata(onnx_path, auto_float_nodes=list(dict.fromkeys(chosen)))
+
+
+def update_metadata(path: Path, **values) -> None:
+    """Set fgcli metadata ``values`` of the ONNX at ``path`` in place (atomically): here the measured float
+    nodes, the target and the agreement reached, where ``float_nodes`` and ``fgcli build`` find them."""
+    from fgcli.export.onnx import load_onnx, set_onnx_metadata
+    from fgcli.runtime.onnx_runner import decode_fgcli_metadata
+    from fgcli.utils import atomic_path
+    import onnx
+
+    proto = load_onnx(path)
+    meta = decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, path)
+    meta.update(values)
+    set_onnx_metadata(proto, meta)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def _engine_source(summary: ExportSummary) -> Path:
-    """The ONNX the engine is built from: the modelopt Q/DQ model, else FP16, else FP32."""
+    """The ONNX the engine is built from: the modelopt Q/DQ model (its mixed-precision one when measured), else
+    FP16, else FP32."""
     artifacts = summary.artifacts
+    if "onnx-int8-modelopt-auto" in artifacts:
+        return Path(artifacts["onnx-int8-modelopt-auto"]["output_path"])
     if "onnx-int8-modelopt" in artifacts:
         return Path(artifacts["onnx-int8-modelopt"]["output_path"])
     return Path(artifacts.get("onnx-fp16", artifacts["onnx-fp32"])["path"])

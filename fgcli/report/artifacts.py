@@ -30,9 +30,12 @@ EXPORT_FILES = (*ONNX_FILES.values(), "calib.npz", "export.json", *DERIVED_FILES
 
 
 def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant], data: Path, calib_size: int,
-                      step: Callable[[str], None]) -> list[str]:
+                      step: Callable[[str], None], target_agreement: float | None = None,
+                      val_size: int = 256, max_drop: float | None = None) -> list[str]:
     """Export the ONNX files the runnable ``variants`` need into ``export_dir`` (or reuse current ones) and
-    set each ONNX variant's path and export / calibration seconds. Returns notes for the report."""
+    set each ONNX variant's path and export / calibration seconds. ``target_agreement``: the target of the
+    mixed-precision (auto) variants, measured on ``val_size`` val (else test) images. Returns notes for the
+    report."""
     from fgcli.export.pipeline import ExportOptions, export_all
 
     needed = _needed_onnx(variants)
@@ -40,7 +43,8 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
         return []
     notes = []
     record = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
-              "calib_data": str(Path(data).resolve()), "calib_size": calib_size}
+              "calib_data": str(Path(data).resolve()), "calib_size": calib_size, "target_agreement": target_agreement,
+              "val_size": val_size if target_agreement is not None else None, "max_drop": max_drop}
     previous = _read_json(export_dir / SOURCE_RECORD)
     if not _same_source(previous, record):
         foreign = [name for name in EXPORT_FILES if (export_dir / name).is_file()]
@@ -62,6 +66,10 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
         backends = [b for b, key in (("modelopt", "onnx-int8-modelopt"), ("ort", "onnx-int8-ort")) if key in needed]
         if backends:
             options.int8, options.int8_backend = True, "both" if len(backends) == 2 else backends[0]
+        auto = [b for b, key in (("modelopt", "onnx-int8-modelopt-auto"), ("ort", "onnx-int8-ort-auto")) if key in needed]
+        if auto:
+            options.target_agreement, options.val_size, options.max_drop = target_agreement, val_size, max_drop
+            options.auto_backend = "both" if len(auto) == 2 else auto[0]
         summary = export_all(checkpoint, options, step=step)
         write_json_atomic(export_dir / SOURCE_RECORD, record)
         artifacts = summary.artifacts
@@ -82,6 +90,8 @@ def attach_onnx_artifact(variant: Variant, export_dir: Path, artifacts: dict[str
         variant.build_seconds = info.get("seconds")
     else:
         variant.calib_seconds = info.get("calibration_seconds")
+        kept_float = info.get("extra", {}).get("float_nodes")
+        variant.float_nodes = None if kept_float is None else len(kept_float)
 
 
 def read_export_record(export_dir: Path) -> dict[str, Any]:
@@ -142,16 +152,18 @@ def _needed_onnx(variants: list[Variant]) -> list[str]:
     needed = []
     if runnable - {"torch-fp32", "torch-fp16", "torch-bf16"}:
         needed.append("onnx-fp32")
-    if runnable & {"onnx-int8-modelopt", "trt-int8"}:
-        needed.append("onnx-int8-modelopt")
-    if "onnx-int8-ort" in runnable:
+    if runnable & {"onnx-int8-modelopt", "onnx-int8-modelopt-auto", "trt-int8"}:
+        needed.append("onnx-int8-modelopt")  # the auto variant's step 0, and what the report compares it with
+    if runnable & {"onnx-int8-ort", "onnx-int8-ort-auto"}:
         needed.append("onnx-int8-ort")
+    needed.extend(name for name in ("onnx-int8-modelopt-auto", "onnx-int8-ort-auto") if name in runnable)
     return needed
 
 
 def _same_source(previous: dict[str, Any], record: dict[str, Any]) -> bool:
     """Same checkpoint bytes and calibration settings (the checkpoint may have moved)."""
-    return all(previous.get(key) == record[key] for key in ("sha256", "calib_data", "calib_size"))
+    return all(previous.get(key) == record[key] for key in ("sha256", "calib_data", "calib_size", "target_agreement",
+                                                         "val_size", "max_drop"))
 
 
 def _remove(folder: Path, names: tuple[str, ...]) -> list[str]:

@@ -24,7 +24,7 @@ from fgcli.errors import FgcliError
 from fgcli.report.artifacts import attach_onnx_artifact, export_for_report, prepare_engines, read_export_record
 from fgcli.report.timing import throughput_rounds, time_interleaved, timed_calls
 from fgcli.report.variants import (
-    ONNX_FILES, REFERENCE_CANDIDATES, TENSORRT, TORCH, Variant, parse_formats, plan_variants,
+    AUTO_VARIANTS, ONNX_FILES, REFERENCE_CANDIDATES, TENSORRT, TORCH, Variant, parse_formats, plan_variants,
 )
 from fgcli.runtime import open_runner
 from fgcli.runtime.doctor import collect_environment
@@ -88,6 +88,9 @@ def build_report(
     split: str = "test",
     layout: str = "auto",
     cam_images: int = DEFAULT_CAM_IMAGES,
+    target_agreement: float | None = None,
+    val_size: int = 256,
+    max_drop: float | None = None,
     hooks: ReportHooks | None = None,
 ) -> dict[str, Any]:
     """Evaluate and time every variant of a model on ``split`` of ``data``; returns the report dict.
@@ -102,6 +105,10 @@ def build_report(
     ``device``: auto, cpu, cuda or cuda:N. ``cam_images``: test images drawn in ``out_dir/report_cam.png``
     with the occlusion map of the reference and of every reduced-precision variant (and the reference's
     Grad-CAM when it is torch), so one sees whether quantization moved the attention; 0 for none.
+    ``target_agreement``: also report INT8 with measured mixed precision (the ``-auto`` variants, see
+    ``fgcli export --target-agreement``); without it they are reported only from an export folder holding them.
+    ``val_size``: the val (else test) images the target is measured on; ``max_drop``: with a target, also keep
+    top-1 at most this many points below FP32 there.
     Write the other files with ``write_report(report, out_dir)``.
     """
     hooks = hooks or ReportHooks()
@@ -111,12 +118,20 @@ def build_report(
         raise FgcliError(f"iterations ({iterations}) and calib_size ({calib_size}) must be >= 1, "
                          f"warmup ({warmup}) >= 0")
     names = parse_formats(formats)
+    if target_agreement is None:  # an export folder's auto variants are reported when it has their files
+        names = [name for name in names if name not in AUTO_VARIANTS
+                 or (source.is_dir() and (source / ONNX_FILES[name]).is_file())]
+    else:
+        from fgcli.calibration.sensitivity import check_targets
+
+        check_targets(target_agreement, max_drop)
     data_split = load_split(data, split, layout)
     if not data_split.samples:
         raise FgcliError(f"the {split} split of {data} has no images", hint="pick another --split")
     checkpoint, export_dir = _read_source(source, out_dir)
     variants = plan_variants(names, checkpoint=checkpoint is not None, export_dir=export_dir, device=device)
-    notes = _prepare_files(source, checkpoint, export_dir, variants, data, calib_size, batch_sizes[-1], device, hooks)
+    notes = _prepare_files(source, checkpoint, export_dir, variants, data, calib_size, batch_sizes[-1], device, hooks,
+                           target_agreement, val_size, max_drop)
 
     with ExitStack() as stack:
         runners = {}
@@ -194,11 +209,14 @@ def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
 
 
 def _prepare_files(source: Path, checkpoint: dict | None, export_dir: Path, variants: list[Variant], data: Path,
-                   calib_size: int, max_batch: int, device: str, hooks: ReportHooks) -> list[str]:
+                   calib_size: int, max_batch: int, device: str, hooks: ReportHooks,
+                   target_agreement: float | None = None, val_size: int = 256,
+                   max_drop: float | None = None) -> list[str]:
     """Give every runnable variant its file: export from the checkpoint, or take the folder's; build engines."""
     notes = []
     if checkpoint is not None:
-        notes = export_for_report(source, export_dir, variants, data, calib_size, hooks.step)
+        notes = export_for_report(source, export_dir, variants, data, calib_size, hooks.step, target_agreement,
+                                  val_size, max_drop)
         for variant in variants:
             if variant.backend == TORCH and variant.available:
                 variant.path = source
@@ -267,6 +285,7 @@ def _variant_row(variant: Variant, runner_names: dict, evaluations: dict, timing
         "top1": None, "top5": None, "delta_top1": None, "agreement": None, "worst_classes": [],
         "latency_ms": None, "throughput_ips": None, "speedup_p50": None, "throughput_speedup": None,
         "build_seconds": variant.build_seconds, "calib_seconds": variant.calib_seconds,
+        "float_nodes": variant.float_nodes,
     }
     if variant.name not in evaluations:
         return row

@@ -56,6 +56,27 @@ def plot_comparison(comparison: dict[str, Any], out_path: str | Path) -> Path:
     return _save(figure, out_path)
 
 
+def plot_sensitivity(sensitivity: dict[str, Any], out_path: str | Path, top: int = 20) -> Path:
+    """The ``top`` most INT8-sensitive nodes of a ``sensitivity.json``: the top-1 agreement with FP32 lost by
+    quantizing each alone, and the agreement gained over full INT8 by keeping each alone in float."""
+    nodes = sensitivity["nodes"][:top]
+    figure = _figure(figsize=(10, 1.5 + 0.32 * max(len(nodes), 1)))
+    ax = figure.subplots()
+    rows = range(len(nodes))[::-1]  # most sensitive on top
+    ax.barh([r + 0.2 for r in rows], [100 * (1 - n["alone"]["agreement"]) if n["alone"] else 0.0 for n in nodes], height=0.4,
+            color=COLORS[3], label="agreement lost, quantized alone")
+    ax.barh([r - 0.2 for r in rows], [100 * n["recovered_agreement"] for n in nodes], height=0.4, color=COLORS[2],
+            label="agreement recovered, kept alone in float")
+    ax.set_yticks(list(rows), [f"{n['name']} ({n['op_type']})" for n in nodes], fontsize=8)
+    ax.set_xlabel("top-1 agreement with FP32, percentage points")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    full = sensitivity["full_int8"]
+    ax.set_title(f"INT8 sensitivity ({sensitivity['backend']}, {sensitivity['validation_images']} validation images;"
+                 f" full INT8 agreement {100 * full['agreement']:.1f} %)", fontsize=10)
+    return _save(figure, out_path)
+
+
 def require_matplotlib():
     """matplotlib's Figure module; the CLI calls this before a long report so a missing extra fails first."""
     return optional_import("matplotlib.figure", "report", "Drawing the report plots")

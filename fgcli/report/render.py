@@ -72,6 +72,7 @@ def main_table(report: dict[str, Any], terminal: bool = False) -> tuple[list[str
           for b in report["batch_sizes"]],
         ("build s", lambda v: number(v["build_seconds"])),
         ("calib s", lambda v: number(v["calib_seconds"])),
+        ("float nodes", lambda v: DASH if v.get("float_nodes") is None else str(v["float_nodes"])),
     ]
     if terminal:
         columns = [c for c in columns if c[0] not in ("runner", "p90 ms", "build s", "calib s")]

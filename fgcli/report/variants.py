@@ -25,12 +25,16 @@ CATALOG: dict[str, tuple[str, str]] = {
     "torch-bf16": (TORCH, "bf16"),
     "onnx-fp32": (ONNXRUNTIME, "fp32"),
     "onnx-int8-modelopt": (ONNXRUNTIME, "int8"),
+    "onnx-int8-modelopt-auto": (ONNXRUNTIME, "int8"),
     "onnx-int8-ort": (ONNXRUNTIME, "int8"),
+    "onnx-int8-ort-auto": (ONNXRUNTIME, "int8"),
     "trt-fp32": (TENSORRT, "fp32"),
     "trt-fp16": (TENSORRT, "fp16"),
     "trt-int8": (TENSORRT, "int8"),
 }
 VARIANT_NAMES = tuple(CATALOG)
+#: INT8 with measured mixed precision (``fgcli export --target-agreement``): reported only when a target is given
+AUTO_VARIANTS = ("onnx-int8-modelopt-auto", "onnx-int8-ort-auto")
 #: the FP32 reference for accuracy deltas, agreement and speed-ups: the first of these that ran
 REFERENCE_CANDIDATES = ("torch-fp32", "onnx-fp32")
 #: --formats shorthands for a whole backend
@@ -38,7 +42,8 @@ GROUPS = {"torch": "torch-", "onnx": "onnx-", "trt": "trt-"}
 
 #: ONNX files of an export folder (as export_all names them), by variant
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8-modelopt": "model.int8.onnx",
-              "onnx-int8-ort": "model.ort-int8.onnx"}
+              "onnx-int8-modelopt-auto": "model.int8-auto.onnx", "onnx-int8-ort": "model.ort-int8.onnx",
+              "onnx-int8-ort-auto": "model.ort-int8-auto.onnx"}
 #: the ONNX each TensorRT engine is built from (model.fp16.onnx is converted from model.onnx when missing)
 ENGINE_SOURCES = {"trt-fp32": "model.onnx", "trt-fp16": "model.fp16.onnx", "trt-int8": "model.int8.onnx"}
 
@@ -57,7 +62,8 @@ class Variant:
 
     ``reason`` is None for a variant that can run; otherwise it says why not and what to do.
     ``build_seconds`` / ``calib_seconds``: how long making the file took (export, TensorRT build,
-    INT8 calibration), when recorded.
+    INT8 calibration), when recorded. ``float_nodes``: how many nodes an INT8 variant keeps in float (the
+    model's own rules plus, for the auto variants, the measured ones), when recorded.
     """
 
     name: str
@@ -65,6 +71,7 @@ class Variant:
     reason: str | None = None
     build_seconds: float | None = None
     calib_seconds: float | None = None
+    float_nodes: int | None = None
 
     @property
     def backend(self) -> str:
@@ -158,7 +165,7 @@ def plan_variants(names: list[str], *, checkpoint: bool, export_dir: Path, devic
         if backend == ONNXRUNTIME:
             if not has_ort:
                 variant.refuse(REASON_NO_ORT)
-            if name == "onnx-int8-modelopt" and checkpoint and not has_modelopt:
+            if name.startswith("onnx-int8-modelopt") and checkpoint and not has_modelopt:
                 variant.refuse(REASON_NO_MODELOPT)
             if not checkpoint and not (export_dir / ONNX_FILES[name]).is_file():
                 variant.refuse(f"{export_dir} has no {ONNX_FILES[name]} ({export_hint(name)})")
@@ -193,5 +200,6 @@ def export_hint(name: str) -> str:
     """The fgcli export command that writes the ONNX file of variant ``name``."""
     if name == "onnx-fp32":
         return "fgcli export CHECKPOINT --out DIR writes it"
-    backend = "modelopt" if name == "onnx-int8-modelopt" else "ort"
-    return f"fgcli export CHECKPOINT --out DIR --int8 --int8-backend {backend} --calib-data DATASET writes it"
+    backend = "modelopt" if name.startswith("onnx-int8-modelopt") else "ort"
+    target = " --target-agreement 0.99" if name in AUTO_VARIANTS else ""
+    return f"fgcli export CHECKPOINT --out DIR --int8 --int8-backend {backend} --calib-data DATASET{target} writes it"
