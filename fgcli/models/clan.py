@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgcli.errors import FgcliError
-from fgcli.models.backbones import ResNetBackbone
+from fgcli.models.backbones import build_backbone
 from fgcli.models.base import FGVCModel
 from fgcli.models.registry import register_model
 from fgcli.models.ssanet import attend, attention_received, query_key_attention
@@ -109,7 +109,7 @@ class CLAN(FGVCModel):
             raise FgcliError(f"unknown CLAN test_heads '{test_heads}'", hint=f"choose one of: {', '.join(TEST_HEADS)}")
         self.test_heads = test_heads
         self.mid_weight = mid_weight
-        self.backbone = ResNetBackbone(backbone, pretrained=pretrained, weights=weights)
+        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights)
         channels, strides = self.backbone.channels, self.backbone.strides
         top_channels = channels["layer4"]
         inner = max(top_channels // reduction, 1)

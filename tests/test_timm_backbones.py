@@ -1,0 +1,175 @@
+"""timm backbones under every method: the stage mapping, weights, the method contract, ONNX parity, training.
+
+Random init at 64 px. The heavy backbones (timm's ResNet-50, ConvNeXt-T) and the per-method runs are marked slow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fgcli.errors import FgcliError
+from fgcli.models import create_model, list_models
+
+timm = pytest.importorskip("timm")
+
+from fgcli.models.backbones import TimmBackbone, build_backbone  # noqa: E402
+
+NUM_CLASSES = 3
+METHODS = list_models()
+HEAVY = ("timm/resnet50", "convnext_tiny")
+BACKBONES = [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name
+             for name in ("efficientnet_b0", "mobilenetv3_large_100", "timm/resnet50", "convnext_tiny")]
+
+
+def _model(method: str, backbone: str):
+    torch.manual_seed(0)
+    kwargs = {"attention_backbone": backbone} if method == "tasn" else {}
+    return create_model(method, NUM_CLASSES, backbone=backbone, **kwargs)
+
+
+def _batch(n: int, size: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.arange(n) % NUM_CLASSES
+
+
+# --------------------------------------------------------------------------- the backbone itself
+@pytest.mark.parametrize("name,channels", [
+    ("efficientnet_b0", (24, 40, 112, 320)),       # timm's stages blocks.1, .2, .4, .6 (stride 2 map skipped)
+    ("mobilenetv3_large_100", (24, 40, 112, 960)),
+    ("regnety_016", (48, 120, 336, 888)),
+])
+def test_stages_are_mapped_by_stride_not_name(name, channels):
+    backbone = build_backbone(name)
+    assert isinstance(backbone, TimmBackbone) and backbone.name == name
+    assert backbone.strides == {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+    assert tuple(backbone.channels.values()) == channels
+    maps = backbone(torch.zeros(1, 3, 64, 64))
+    assert {k: (v.shape[1], v.shape[-1]) for k, v in maps.items()} == {
+        stage: (c, 64 // s) for (stage, s), c in zip(backbone.strides.items(), channels)}
+    assert list(backbone.forward_until(torch.zeros(1, 3, 64, 64), "layer2")) == ["layer1", "layer2"]
+
+
+def test_timm_prefix_picks_timm_and_plain_resnet_names_stay_torchvision():
+    assert build_backbone("timm/resnet18").body.__class__.__module__.startswith("timm")
+    assert not isinstance(build_backbone("resnet18"), TimmBackbone)
+
+
+def test_dilated_timm_body_for_tasn_attention_net():
+    model = create_model("tasn", NUM_CLASSES, backbone="resnet18", attention_backbone="mobilenetv3_large_100")
+    body = model.attention_net.body
+    assert body.strides == {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}
+    assert body(torch.zeros(1, 3, 64, 64))["layer4"].shape[-1] == 8
+
+
+@pytest.mark.parametrize("name,message", [
+    ("no_such_net", "unknown backbone 'no_such_net'"),
+    ("vit_tiny_patch16_224", "no feature maps at stride 4, 8, 32"),
+])
+def test_unusable_names_fail_clearly(name, message):
+    with pytest.raises(FgcliError, match=message):
+        build_backbone(name)
+
+
+def test_weights_file_loads_through_timm(tmp_path):
+    source = timm.create_model("mobilenetv3_large_100")
+    torch.nn.init.constant_(source.conv_stem.weight, 0.25)
+    path = tmp_path / "mnv3.pth"
+    torch.save(source.state_dict(), path)
+    loaded = build_backbone("mobilenetv3_large_100", weights=str(path))
+    assert torch.equal(loaded.body.conv_stem.weight, source.conv_stem.weight)
+    with pytest.raises(FgcliError, match="could not load .*mnv3.pth into timm's efficientnet_b0"):
+        build_backbone("efficientnet_b0", weights=str(path))
+    with pytest.raises(FgcliError, match="weights file not found"):
+        build_backbone("efficientnet_b0", weights=str(tmp_path / "absent.safetensors"))
+
+
+def test_offline_pretrained_says_how_to_pass_a_file(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FgcliError) as info:
+        build_backbone("mobilenetv3_large_100", pretrained=True)
+    assert "huggingface.co/timm/mobilenetv3_large_100" in info.value.message
+    assert "--weights FILE" in info.value.hint
+
+
+def test_fgcli_checkpoint_backbone_fine_tunes_a_method(tmp_path):
+    baseline = _model("baseline", "mobilenetv3_large_100")
+    path = tmp_path / "best.pt"
+    torch.save({"method": "baseline", "backbone": "mobilenetv3_large_100", "model": baseline.state_dict()}, path)
+    clan = create_model("clan", NUM_CLASSES, backbone="mobilenetv3_large_100", weights=str(path))
+    for key, value in baseline.backbone.state_dict().items():
+        assert torch.equal(clan.backbone.state_dict()[key], value), key
+    with pytest.raises(FgcliError, match="holds a mobilenetv3_large_100 backbone"):
+        build_backbone("efficientnet_b0", weights=str(path))
+
+
+# --------------------------------------------------------------------------- ONNX
+def _onnx_parity(method: str, backbone: str, tmp_path) -> None:
+    """fgcli's own export path (trace, onnxslim, checker, parity check) on a checkpoint dict."""
+    pytest.importorskip("onnxruntime")
+    from fgcli.data.preprocess import PreprocessConfig
+    from fgcli.export.onnx import export_onnx, onnxruntime_logits, synthetic_check_images, torch_logits
+
+    model = _model(method, backbone).eval()
+    kwargs = {"attention_backbone": backbone} if method == "tasn" else {}
+    ckpt = {"method": method, "backbone": backbone, "num_classes": NUM_CLASSES, "class_names": list("abc"),
+            "preprocess": PreprocessConfig(64, 72).to_dict(), "model": model.state_dict(), "model_kwargs": kwargs}
+    result = export_onnx(ckpt, tmp_path)  # raises on any drift beyond the tolerance
+    assert result.parity.top1_agreement == 1.0
+    images = synthetic_check_images(64, count=3, seed=1)  # another batch size: the batch axis is dynamic
+    assert np.abs(onnxruntime_logits(result.path, images) - torch_logits(model, images)).max() <= 1e-3
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_onnx_parity_of_each_backbone(backbone, tmp_path):
+    _onnx_parity("baseline", backbone, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "baseline"])
+def test_onnx_parity_of_each_method_on_an_efficient_backbone(method, tmp_path):
+    _onnx_parity(method, "mobilenetv3_large_100", tmp_path)
+
+
+# --------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def dataset_64px(tmp_path_factory):
+    from conftest import write_tiny_folder_dataset
+
+    return write_tiny_folder_dataset(tmp_path_factory.mktemp("timm_data"), {"train": 2, "test": 1})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("method", METHODS)
+def test_one_epoch_of_training_moves_every_own_parameter_and_the_checkpoint_rebuilds(
+        method, backbone, dataset_64px, tmp_path):
+    """The method contract on a timm backbone, through the real training loop: train-mode outputs and every loss
+    term work, every parameter of the method's own gets a gradient (with weight decay 0 a parameter moves only
+    then), the checkpoint records the backbone, and the rebuilt eval model returns logits."""
+    import json
+
+    from conftest import tiny_train_config
+    from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fgcli.engine.train import seed_everything, train
+
+    kwargs = {"attention_backbone": backbone} if method == "tasn" else {}
+    cfg = tiny_train_config(dataset_64px, tmp_path, method=method, backbone=backbone, img_size=64, resize_size=72,
+                            epochs=1, batch_size=3, warmup_epochs=0, weight_decay=0.0, model_kwargs=kwargs)
+    train(cfg)
+    seed_everything(cfg.seed)  # the initial weights, as the trainer drew them
+    initial = dict(create_model(method, NUM_CLASSES, backbone=backbone, **kwargs).named_parameters())
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["backbone"] == backbone and ckpt["epoch"] == 1
+    own = [n for n in initial if not n.startswith("backbone.")]
+    unmoved = [n for n in own if torch.equal(initial[n].detach(), ckpt["model"][n])]
+    assert own and not unmoved, f"parameters without gradient: {unmoved}"
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(record["train_loss"])
+    model = model_from_checkpoint(ckpt)
+    with torch.no_grad():
+        logits = model(torch.zeros(2, 3, 64, 64))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, NUM_CLASSES)
