@@ -154,9 +154,10 @@ def train(
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: last.pt, best.pt, metrics.jsonl."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="paper (the paper's settings) or small (CPU demo)."),
     dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18, resnet34, resnet50, resnet101."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from torchvision's ImageNet weights (downloads)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file: a torchvision ResNet state dict (the offline alternative to --pretrained) or an fgcli checkpoint, e.g. a baseline run's best.pt, to fine-tune a method from."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="torchvision resnet18, resnet34, resnet50, resnet101, or any timm CNN with stages at strides 4-32 (pip install 'fgcli[timm]'): efficientnet_b0, mobilenetv3_large_100, convnext_tiny, regnety_016, timm/resnet50 (timm's own ResNet)."),
+    attention_backbone: Optional[str] = typer.Option(None, "--attention-backbone", help="TASN only: the attention net's backbone (default resnet18; same names as --backbone)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (downloads: torchvision's for its ResNets, timm's loader for timm backbones)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file: a torchvision ResNet state dict or a timm state dict (.pth / .safetensors) (the offline alternative to --pretrained) or an fgcli checkpoint, e.g. a baseline run's best.pt, to fine-tune a method from."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Crop size (divisible by 32). Default 448."),
     resize_size: Optional[int] = typer.Option(None, "--resize-size", help="Shorter side before cropping. Default 512."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
@@ -172,10 +173,15 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly where OUT/last.pt stopped."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (and list them) instead of stopping."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files into OUT (loss terms, learning rates, accuracy, images/s; attention maps): tensorboard --logdir OUT. Needs pip install 'fgcli[tensorboard]'."),
+    tensorboard_every: int = typer.Option(5, "--tensorboard-every", min=1, max=10000, help="Epochs between the attention-map images (the last epoch always has them)."),
 ) -> None:
     """Train a method. Multi-GPU / multi-node: torchrun --nproc_per_node N -m fgcli train ..."""
     from fgcli.engine.config import resolve_config
 
+    if attention_backbone and method != "tasn":
+        raise FgcliError(f"--attention-backbone is a TASN option; {method} has one backbone",
+                         hint="drop --attention-backbone, or pass --method tasn")
     cfg = resolve_config({
         "method": method, "data": str(data), "out": str(out), "recipe": recipe, "layout": dataset,
         "backbone": backbone, "pretrained": pretrained, "weights": str(weights) if weights else None,
@@ -183,6 +189,8 @@ def train(
         "lr": lr, "backbone_lr_scale": backbone_lr_scale, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "schedule": schedule, "workers": workers, "device": device,
         "amp": amp, "seed": seed, "resume": resume or None, "skip_bad": skip_bad or None,
+        "model_kwargs": {"attention_backbone": attention_backbone} if attention_backbone else None,
+        "tensorboard": tensorboard or None, "tensorboard_every": tensorboard_every,
     })
     run_training(cfg)
 
@@ -361,15 +369,24 @@ def export(
     workspace: float = typer.Option(4.0, "--workspace", help="TensorRT workspace limit, GiB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Build for a Jetson DLA core, with GPU fallback."),
     device: str = typer.Option("cpu", "--device", help="Where modelopt calibrates: cpu or cuda."),
+    embed_preprocess: bool = typer.Option(False, "--embed-preprocess", help="Put the mean / std normalisation into the ONNX graph: its input becomes RGB 0..255 float (what DeepStream feeds; needed there when the std differ per channel)."),
+    deepstream: bool = typer.Option(False, "--deepstream", help="Also write DeepStream's nvinfer config config_infer_<name>.txt and labels_<name>.txt beside the model."),
+    deepstream_mode: str = typer.Option("secondary", "--deepstream-mode", help="primary (whole frames) or secondary (objects found by an upstream detector)."),
+    classifier_threshold: float = typer.Option(0.0, "--classifier-threshold", min=0.0, help="nvinfer's classifier-threshold; compared with the largest logit (the model has no softmax)."),
+    deepstream_calib_cache: Optional[Path] = typer.Option(None, "--deepstream-calib-cache", help="Implicit INT8 in DeepStream: a TensorRT calibration cache (fgcli build --int8 --calib-data writes model.calib.cache) for the FP32 ONNX."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Write a Triton model repository here: REPO/<name>/config.pbtxt, labels.txt, 1/model.onnx (1/model.plan with --trt)."),
 ) -> None:
-    """Export a checkpoint: ONNX (checked against PyTorch), FP16, INT8, TensorRT engine."""
+    """Export a checkpoint: ONNX (checked against PyTorch), FP16, INT8, TensorRT engine, DeepStream / Triton configs."""
     from fgcli.export.pipeline import ExportOptions, export_all
 
     options = ExportOptions(
         out_dir=out or checkpoint.parent / "export", opset=opset, img_size=img_size, batch=_parse_batch(batch),
         fp16=fp16, int8=int8, int8_backend=int8_backend, calib_data=str(calib_data) if calib_data else None,
         calib_size=calib_size, calib_method=calib_method, check_data=str(data) if data else None, trt=trt,
-        workspace_gib=workspace, dla_core=dla_core, device=device,
+        workspace_gib=workspace, dla_core=dla_core, device=device, embed_preprocess=embed_preprocess,
+        deepstream=deepstream, deepstream_mode=deepstream_mode, deepstream_threshold=classifier_threshold,
+        deepstream_calib_cache=str(deepstream_calib_cache) if deepstream_calib_cache else None,
+        triton_repo=str(triton) if triton else None,
     )
     with console.status("exporting") as status:
         summary = export_all(checkpoint, options, step=lambda message: status.update(message))
