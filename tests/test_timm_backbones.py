@@ -5,6 +5,8 @@ Random init at 64 px. The heavy backbones (timm's ResNet-50, ConvNeXt-T) and the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -173,3 +175,42 @@ def test_one_epoch_of_training_moves_every_own_parameter_and_the_checkpoint_rebu
     with torch.no_grad():
         logits = model(torch.zeros(2, 3, 64, 64))
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, NUM_CLASSES)
+
+
+# --------------------------------------------------------------------------- INT8
+@pytest.mark.slow
+def test_int8_quantizers_handle_depthwise_hardswish_and_se_blocks(dataset_64px, tmp_path):
+    """MobileNetV3 (depthwise convs, hard-swish, squeeze-excitation) through fgcli export --int8 with both
+    quantizers: every conv quantized, the INT8 graphs run and give finite logits of the right shape."""
+    import warnings
+    from collections import Counter
+
+    import onnx
+
+    from fgcli.data.preprocess import PreprocessConfig
+    from fgcli.engine.checkpoint import save_checkpoint
+    from fgcli.export.onnx import onnxruntime_logits, synthetic_check_images
+    from fgcli.export.pipeline import ExportOptions, export_all
+
+    pytest.importorskip("modelopt")
+    model = _model("baseline", "mobilenetv3_large_100").eval()
+    ckpt = save_checkpoint(tmp_path / "best.pt", {
+        "method": "baseline", "backbone": "mobilenetv3_large_100", "num_classes": NUM_CLASSES,
+        "class_names": ["alpha", "beta", "gamma"], "preprocess": PreprocessConfig(64, 72).to_dict(),
+        "model": model.state_dict()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a 6-image calibration set warns
+        summary = export_all(ckpt, ExportOptions(out_dir=tmp_path / "export", int8=True, int8_backend="both",
+                                                 calib_data=str(dataset_64px), calib_size=6))
+    fp32 = onnx.load(summary.artifacts["onnx-fp32"]["path"])
+    convs = [n for n in fp32.graph.node if n.op_type == "Conv"]
+    depthwise = [n for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(depthwise) >= 10 and any(n.op_type == "HardSwish" for n in fp32.graph.node)
+    images = synthetic_check_images(64, count=4)
+    for key in ("onnx-int8-modelopt", "onnx-int8-ort"):
+        info = summary.artifacts[key]
+        assert info["quantized_counts"].get("Conv", 0) >= len(convs) - 1, (key, info["quantized_counts"])
+        quantized = onnx.load(info["output_path"])
+        assert Counter(n.op_type for n in quantized.graph.node)["DequantizeLinear"] > len(convs)
+        logits = onnxruntime_logits(Path(info["output_path"]), images)
+        assert logits.shape == (4, NUM_CLASSES) and np.isfinite(logits).all()
