@@ -91,6 +91,9 @@ def write_deepstream_config(
         f"# nvinfer config for the fgcli {meta.get('method')} / {meta.get('backbone')} classifier "
         f"({len(meta['class_names'])} classes), written by fgcli {meta.get('version')}.",
         "# Output 'logits' (no softmax): classifier-threshold applies to the largest logit.",
+        *(["# Q/DQ INT8 model: load the engine fgcli builds (model-engine-file); that nvinfer builds a Q/DQ ONNX",
+           "# in INT8 by itself without int8-calib-file is not verified."] if precision == "int8"
+          and int8_calib_file is None else []),
         "[property]",
         "gpu-id=0",
         f"net-scale-factor={scale:.10g}",

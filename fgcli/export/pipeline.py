@@ -74,6 +74,10 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
     out = Path(opts.out_dir)
     summary = ExportSummary(out)
     ckpt = load_checkpoint(checkpoint)
+    if opts.deepstream and not opts.embed_preprocess:
+        from fgcli.export.deepstream import preprocess_to_nvinfer
+
+        preprocess_to_nvinfer(ckpt["preprocess"])  # refuses a per-channel std before any export work
 
     step("exporting ONNX")
     check_images = _check_images(ckpt, opts)
