@@ -10,17 +10,17 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from typer.exceptions import TyperException
 
-from fgcli.errors import FgcliError
+from fgcli.console import make_console
+from fgcli.errors import INTERRUPTED_EXIT_CODE, FgcliError, Interrupted
 
 app = typer.Typer(
     help="Fine-grained visual classification: train, evaluate, export, quantize and deploy.",
@@ -31,21 +31,30 @@ app = typer.Typer(
 data_app = typer.Typer(help="Dataset tools: generate the synthetic dataset, check a dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()  # results and data (--json)
+err_console = make_console(stderr=True)  # errors, notes and progress displays
 
 
 #: optional packages and the extra that installs each (a deployment box may lack torch, say)
+#: the largest --img-size / --resize-size accepted (FGVC uses 448; 2048 is already beyond any GPU batch)
+MAX_IMG_SIZE = 2048
+#: the smallest TensorRT --workspace, GiB (less leaves the builder no tactics)
+MIN_WORKSPACE_GIB = 0.125
+
 _EXTRA_OF_PACKAGE = {"torch": "torch", "torchvision": "torch", "scipy": "torch", "onnx": "onnx",
                      "onnxruntime": "onnx", "onnxslim": "onnx", "modelopt": "quant", "matplotlib": "report"}
 
 
 def main() -> None:
-    """Console-script entry point: FgcliError becomes a clear message and exit code, not a traceback."""
+    """Console-script entry point: every outcome becomes its exit status (0 ok, 1 errors found, 2 usage or
+    input error, 130 interrupted) and FgcliError a clear message, not a traceback."""
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: typer returns the code of a typer.Exit (and 130 for a Ctrl-C it caught)
+        # instead of exiting; that code is the exit status
+        code = app(standalone_mode=False)
     except FgcliError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
+        label = "[yellow]interrupted:[/]" if isinstance(exc, Interrupted) else "[bold red]error:[/]"
+        err_console.print(f"{label} {escape(exc.message)}", highlight=False)
         if exc.hint:
             err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(exc.exit_code)
@@ -58,11 +67,8 @@ def main() -> None:
                           "installed", highlight=False)
         err_console.print(f"[yellow]hint:[/] {escape(f'pip install fgcli[{extra}]')}", highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # outside a command: typer turns a Ctrl-C inside one into the code 130
+        code = INTERRUPTED_EXIT_CODE
     except typer.Abort:
         sys.exit(1)
     except TyperException as exc:  # usage errors (bad option values) carry their own message and exit code
@@ -70,13 +76,18 @@ def main() -> None:
             raise
         exc.show()
         sys.exit(exc.exit_code)
+    if code == INTERRUPTED_EXIT_CODE:
+        err_console.print("[yellow]interrupted[/] (Ctrl-C)", highlight=False)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _progress() -> Progress:
+    """A progress display on stderr. Not on a terminal, rich draws it once, when it stops: one line per
+    stage, never a redraw per step in a log."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
+        console=err_console, transient=False,
     )
 
 
@@ -86,6 +97,18 @@ def _task(description: str, total: int | None) -> Iterator:
     with _progress() as progress:
         task = progress.add_task(description, total=total, info="")
         yield lambda n=1: progress.advance(task, n)
+
+
+@contextmanager
+def _status(description: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr whose text follows the steps; not on a terminal, one line per step (rich would
+    print nothing of a transient spinner). Yields ``step(message)``."""
+    if not err_console.is_terminal:
+        err_console.print(description, markup=False, highlight=False)
+        yield lambda message: err_console.print(message, markup=False, highlight=False)
+        return
+    with err_console.status(description) as status:
+        yield status.update
 
 
 # --------------------------------------------------------------------------- data
@@ -122,7 +145,7 @@ def data_check(
     with _task("checking", None) as advance:
         report = check_dataset(root, layout=layout, progress=advance)
     if json_out:
-        console.print_json(json.dumps(report.to_dict()))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
         _print_check_report(report)
     if report.errors:
@@ -158,25 +181,29 @@ def train(
     attention_backbone: Optional[str] = typer.Option(None, "--attention-backbone", help="TASN only: the attention net's backbone (default resnet18; same names as --backbone)."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (downloads: torchvision's for its ResNets, timm's loader for timm backbones)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file: a torchvision ResNet state dict or a timm state dict (.pth / .safetensors) (the offline alternative to --pretrained) or an fgcli checkpoint, e.g. a baseline run's best.pt, to fine-tune a method from."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Crop size (divisible by 32). Default 448."),
-    resize_size: Optional[int] = typer.Option(None, "--resize-size", help="Shorter side before cropping. Default 512."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per process."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the new layers."),
-    backbone_lr_scale: Optional[float] = typer.Option(None, "--backbone-lr-scale", help="Backbone lr = lr x this (default 0.1)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
-    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs"),
+    img_size: Optional[int] = typer.Option(None, "--img-size", min=32, max=MAX_IMG_SIZE, help="Crop size (divisible by 32). Default 448."),
+    resize_size: Optional[int] = typer.Option(None, "--resize-size", min=32, max=MAX_IMG_SIZE, help="Shorter side before cropping. Default 512."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Per process."),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Learning rate of the new layers (> 0)."),
+    backbone_lr_scale: Optional[float] = typer.Option(None, "--backbone-lr-scale", min=0.0, help="Backbone lr = lr x this (default 0.1; 0 freezes the backbone)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", min=0.0),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", min=0),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine or step."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (0: load in the main process)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA (default on)."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly where OUT/last.pt stopped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start a new run in an OUT that holds one: its files are replaced when the new run finishes its first epoch, not before."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (and list them) instead of stopping."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files into OUT (loss terms, learning rates, accuracy, images/s; attention maps): tensorboard --logdir OUT. Needs pip install 'fgcli[tensorboard]'."),
     tensorboard_every: int = typer.Option(5, "--tensorboard-every", min=1, max=10000, help="Epochs between the attention-map images (the last epoch always has them)."),
 ) -> None:
-    """Train a method. Multi-GPU / multi-node: torchrun --nproc_per_node N -m fgcli train ..."""
+    """Train a method. Multi-GPU / multi-node: torchrun --nproc_per_node N -m fgcli train ...
+
+    An OUT that holds a run is never trained into silently: --resume continues it, --overwrite replaces it. Two runs into one OUT at once are refused (OUT/.fgcli.lock names the running one). Ctrl-C saves OUT/interrupted.pt and exits with code 130.
+    """
     from fgcli.engine.config import resolve_config
 
     if attention_backbone and method != "tasn":
@@ -188,7 +215,8 @@ def train(
         "img_size": img_size, "resize_size": resize_size, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "backbone_lr_scale": backbone_lr_scale, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "schedule": schedule, "workers": workers, "device": device,
-        "amp": amp, "seed": seed, "resume": resume or None, "skip_bad": skip_bad or None,
+        "amp": amp, "seed": seed, "resume": resume or None, "overwrite": overwrite or None,
+        "skip_bad": skip_bad or None,
         "model_kwargs": {"attention_backbone": attention_backbone} if attention_backbone else None,
         "tensorboard": tensorboard or None, "tensorboard_every": tensorboard_every,
     })
@@ -196,7 +224,7 @@ def train(
 
 
 def run_training(cfg):
-    """Train with a rich progress display on rank 0; returns the TrainResult."""
+    """Train with a rich progress display on rank 0; returns the TrainResult, raises Interrupted on Ctrl-C."""
     import os
 
     from fgcli.engine.train import train as train_loop
@@ -220,12 +248,16 @@ def run_training(cfg):
             console.print(f"[yellow]skipped {len(result.bad_images)} unreadable images:[/]")
             for path in result.bad_images:
                 console.print(f"  {escape(path)}", highlight=False)
-        if result.interrupted:
-            console.print(f"interrupted: weights so far in {result.out_dir / 'interrupted.pt'}; "
-                          f"--resume continues from {result.out_dir / 'last.pt'}")
-        else:
+        if not result.interrupted:
             console.print(f"best top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}: "
                           f"[bold]{result.out_dir / 'best.pt'}[/]")
+    if result.interrupted and not is_main:  # rank 0 says what was saved
+        raise typer.Exit(INTERRUPTED_EXIT_CODE)
+    if result.interrupted:
+        last = result.out_dir / "last.pt"
+        raise Interrupted(f"weights so far in {result.out_dir / 'interrupted.pt'}",
+                          hint=f"--resume continues from {last}" if last.is_file()
+                          else "no epoch finished: train again to start over")
     return result
 
 
@@ -238,7 +270,9 @@ class _TrainDisplay:
         self.task = None
 
     def __call__(self, event: str, payload: dict) -> None:
-        if event == "epoch_start":
+        if event == "note":
+            err_console.print(f"[yellow]note:[/] {escape(payload['message'])}", highlight=False)
+        elif event == "epoch_start":
             self._reset(f"epoch {payload['epoch'] + 1}/{payload['epochs']}", payload["steps"])
         elif event == "step":
             terms = "".join(f" {name} {value:.3g}" for name, value in payload["terms"].items())
@@ -252,7 +286,7 @@ class _TrainDisplay:
         elif event == "epoch_end":
             terms = " ".join(f"{k[6:]}={v:.3f}" for k, v in payload.items()
                              if k.startswith("train_") and k not in ("train_loss", "train_acc"))
-            self.progress.console.print(
+            console.print(
                 f"epoch {payload['epoch']}: loss {payload['train_loss']:.3f} ({terms}) "
                 f"train acc {payload['train_acc']:.3f} val top-1 {payload['val_top1']:.3f} "
                 f"top-5 {payload['val_top5']:.3f} ({payload['images_per_s']:.0f} img/s)", highlight=False)
@@ -273,7 +307,7 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
     split: str = typer.Option("test", "--split", help="train, test (val, trainval for Aircraft)."),
     dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON object (top1, top5, per-class, confusion)."),
 ) -> None:
@@ -284,12 +318,9 @@ def evaluate(
 
     with open_runner(str(model), device=device) as runner:
         data_split = load_split(str(data), split=split, layout=dataset)
-        if json_out:
-            result = evaluate_runner(runner, data_split, batch_size=batch_size, model_name=str(model))
-        else:
-            with _task(f"evaluating {model.name}", len(data_split.samples)) as advance:
-                result = evaluate_runner(runner, data_split, batch_size=batch_size, progress=advance,
-                                         model_name=str(model))
+        with _task(f"evaluating {model.name}", len(data_split.samples)) as advance:
+            result = evaluate_runner(runner, data_split, batch_size=batch_size, progress=advance,
+                                     model_name=str(model))
     if json_out:
         print(json.dumps(result.to_dict()))
         return
@@ -309,25 +340,37 @@ def predict(
     model: Path = typer.Argument(..., help="A .pt checkpoint, .onnx model or .engine file."),
     folder: Path = typer.Argument(..., help="Folder of images (searched recursively) or one image."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV: path, top-k classes and probabilities, error."),
-    topk: int = typer.Option(5, "--topk", min=1),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    topk: int = typer.Option(5, "--topk", min=1, help="Classes per image (at most the model's class count)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda."),
     json_out: bool = typer.Option(False, "--json", help="Also print the predictions as JSON on stdout."),
 ) -> None:
-    """Classify every image under FOLDER; unreadable files are listed, never fatal."""
-    from fgcli.engine.predict import find_images, predict_paths, predictions_json, write_predictions_csv
+    """Classify every image under FOLDER; unreadable files are listed, never fatal.
+
+    Ctrl-C stops it with exit code 130 after writing the rows of the images already classified.
+    """
+    from fgcli.engine.predict import find_images, iter_predictions, predictions_json, write_predictions_csv
     from fgcli.runtime import open_runner
 
     paths = find_images(folder)
     if not paths:
         raise FgcliError(f"no images found under {folder}", hint="supported: .jpg .jpeg .png .bmp .gif .tif .webp")
+    predictions = []
     with open_runner(str(model), device=device) as runner:
-        if json_out:
-            predictions = predict_paths(runner, paths, topk=topk, batch_size=batch_size)
-        else:
-            with _task(f"predicting ({runner.name})", len(paths)) as advance:
-                predictions = predict_paths(runner, paths, topk=topk, batch_size=batch_size, progress=advance)
         k = min(topk, len(runner.class_names))
+        if k < topk:
+            err_console.print(f"[yellow]note:[/] --topk {topk} is more than the {k} classes of {escape(str(model))}: "
+                              f"each row lists all {k}", highlight=False)
+        try:
+            with _task(f"predicting ({runner.name})", len(paths)) as advance:
+                for batch in iter_predictions(runner, paths, topk=topk, batch_size=batch_size, progress=advance):
+                    predictions.extend(batch)
+        except KeyboardInterrupt:
+            if not predictions:
+                raise Interrupted(f"after 0 of {len(paths)} images; nothing written (no {out})") from None
+            write_predictions_csv(out, predictions, k)
+            raise Interrupted(f"after {len(predictions)} of {len(paths)} images; their rows are in {out}",
+                              hint="run it again for every image") from None
     write_predictions_csv(out, predictions, k)
     failed = [p for p in predictions if p.error]
     if json_out:
@@ -355,7 +398,7 @@ def export(
     out: Path = typer.Option(None, "--out", help="Output folder (default: RUN/export beside the checkpoint)."),
     onnx: bool = typer.Option(True, "--onnx", help="Write DIR/model.onnx (always done: every other format derives from it)."),
     opset: int = typer.Option(17, "--opset", min=17, help="ONNX opset (>= 17)."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size (default: the checkpoint's)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", min=32, max=MAX_IMG_SIZE, help="Input size (default: the checkpoint's)."),
     batch: str = typer.Option("1,8,32", "--batch", help="TensorRT optimization profile MIN,OPT,MAX."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (strongly typed TensorRT builds)."),
     int8: bool = typer.Option(False, "--int8", help="INT8 post-training quantization (needs --calib-data)."),
@@ -366,8 +409,8 @@ def export(
     calib_method: str = typer.Option("max", "--calib-method", help="max or entropy (ORT also: percentile)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose test images check ONNX parity (default: --calib-data, else generated)."),
     trt: bool = typer.Option(False, "--trt", help="Build a TensorRT engine (needs TensorRT on this machine)."),
-    workspace: float = typer.Option(4.0, "--workspace", help="TensorRT workspace limit, GiB."),
-    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Build for a Jetson DLA core, with GPU fallback."),
+    workspace: float = typer.Option(4.0, "--workspace", min=MIN_WORKSPACE_GIB, help="TensorRT workspace limit, GiB."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", min=0, help="Build for a Jetson DLA core, with GPU fallback."),
     device: str = typer.Option("cpu", "--device", help="Where modelopt calibrates: cpu or cuda."),
     embed_preprocess: bool = typer.Option(False, "--embed-preprocess", help="Put the mean / std normalisation into the ONNX graph: its input becomes RGB 0..255 float (what DeepStream feeds; needed there when the std differ per channel)."),
     deepstream: bool = typer.Option(False, "--deepstream", help="Also write DeepStream's nvinfer config config_infer_<name>.txt and labels_<name>.txt beside the model."),
@@ -388,8 +431,8 @@ def export(
         deepstream_calib_cache=str(deepstream_calib_cache) if deepstream_calib_cache else None,
         triton_repo=str(triton) if triton else None,
     )
-    with console.status("exporting") as status:
-        summary = export_all(checkpoint, options, step=lambda message: status.update(message))
+    with _status("exporting") as step:
+        summary = export_all(checkpoint, options, step=step)
     _print_export_summary(summary)
 
 
@@ -421,12 +464,13 @@ def build(
     fp16: bool = typer.Option(False, "--fp16", help="FP16 from an FP32 ONNX (builder flag; TensorRT < 11)."),
     int8: bool = typer.Option(False, "--int8", help="INT8: from a Q/DQ ONNX, or an FP32 ONNX with --calib-data / --calib-cache (TensorRT < 11)."),
     batch: str = typer.Option("1,8,32", "--batch", help="Optimization profile MIN,OPT,MAX."),
-    workspace: float = typer.Option(4.0, "--workspace", help="Workspace limit, GiB."),
+    workspace: float = typer.Option(4.0, "--workspace", min=MIN_WORKSPACE_GIB, help="Workspace limit, GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, reused across builds."),
-    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Jetson DLA core (fp16 / int8), with GPU fallback."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", min=0, help="Jetson DLA core (fp16 / int8), with GPU fallback."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="calib.npz for the legacy INT8 calibrator."),
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache written by an earlier build (no images needed)."),
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT's verbose builder log."),
+    backend: str = typer.Option("tensorrt", "--backend", help="tensorrt, or tensorrt-rtx (TensorRT for RTX: builds without a GPU, engines for RTX GPUs; pip install 'fgcli[rtx]')."),
 ) -> None:
     """Build a TensorRT engine on the target (Jetson flow: export on a workstation, build on the device)."""
     from fgcli.export.tensorrt import build_engine
@@ -434,11 +478,12 @@ def build(
     if fp16 and int8:
         raise FgcliError("choose one of --fp16 and --int8")
     precision = "int8" if int8 else "fp16" if fp16 else None
-    with console.status(f"building a TensorRT engine from {onnx_model.name} (minutes on a Jetson)"):
+    with _status(f"building a TensorRT engine from {onnx_model.name} (minutes on a Jetson)"):
         info = build_engine(onnx_model, out_path=out, precision=precision, batch=_parse_batch(batch),
                             workspace_gib=workspace, timing_cache=timing_cache, dla_core=dla_core,
-                            calib_cache=calib_cache, calib_data=calib_data, verbose=verbose)
-    console.print(f"{info.precision} engine ({info.build_path}, TensorRT {info.tensorrt_version}, "
+                            calib_cache=calib_cache, calib_data=calib_data, verbose=verbose, backend=backend)
+    library = "TensorRT-RTX" if info.sidecar["backend"] == "tensorrt-rtx" else "TensorRT"
+    console.print(f"{info.precision} engine ({info.build_path}, {library} {info.tensorrt_version}, "
                   f"{info.build_seconds:.0f} s): [bold]{info.engine_path}[/] + {info.sidecar_path.name}")
 
 
@@ -572,7 +617,7 @@ def _compare_reports(paths: list[Path], out_dir: Path) -> None:
 def demo(
     out: Path = typer.Option(Path("fgcli-demo"), "--out", help="Where the dataset, runs and exports go."),
     method: str = typer.Option("baseline", "--method", "-m", help="A registry name, or 'all' for the six."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the small recipe's."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the small recipe's."),
     seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:
     """The whole pipeline on the synthetic dataset: generate, train, then fgcli report (export, quantize, evaluate and time every variant). With --method all, the reports of the six methods end in one comparison."""
@@ -587,8 +632,7 @@ def demo(
     for name in methods:
         console.rule(f"[bold]{name}")
         cfg = demo_config(name, data, out, epochs=epochs, seed=seed)
-        if run_training(cfg).interrupted:
-            raise typer.Exit(130)  # Ctrl-C during training stops the demo, not only the epoch
+        run_training(cfg)  # Ctrl-C raises Interrupted: it stops the demo, not only the epoch
         report_dir = Path(cfg.out) / "report"
         _report(Path(cfg.out) / "best.pt", data, report_dir, **DEMO_REPORT_OPTIONS)
         reports.append(report_dir / "report.json")
@@ -624,6 +668,9 @@ def cam(
     out_dir = out or checkpoint.parent / "cam"
     with _task("drawing attention maps", len(paths)) as advance:
         result = write_cam_figures(checkpoint, paths, out_dir, top_k=top_k, device=device, progress=advance)
+    if top_k > result.num_classes:
+        err_console.print(f"[yellow]note:[/] --top-k {top_k} is more than the {result.num_classes} classes of "
+                          f"{escape(str(checkpoint))}: each caption lists all {result.num_classes}", highlight=False)
     if result.grid:
         console.print(f"{len(result.figures)} figures in [bold]{out_dir}[/] (one per image), "
                       f"all images in [bold]{result.grid}[/]")

@@ -27,5 +27,6 @@ def ensure_synthetic(data: Path, classes: int, per_class: int, seed: int = 0, pr
 
 
 def demo_config(method: str, data: Path, out: Path, epochs: int | None = None, seed: int = 0) -> TrainConfig:
+    """The demo's run of ``method``; a demo run again retrains into its own OUT/runs/METHOD (overwrite)."""
     return resolve_config({"method": method, "data": str(data), "out": str(out / "runs" / method),
-                           "recipe": "small", "epochs": epochs, "seed": seed})
+                           "recipe": "small", "epochs": epochs, "seed": seed, "overwrite": True})

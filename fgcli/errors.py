@@ -33,3 +33,13 @@ class MissingDependencyError(FgcliError):
             hint=f"pip install 'fgcli[{extra}]'  (or: pip install {package})",
         )
         self.package = package
+
+
+#: the exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)
+INTERRUPTED_EXIT_CODE = 130
+
+
+class Interrupted(FgcliError):
+    """Ctrl-C stopped a command; the message says what was kept (a partial CSV, interrupted.pt)."""
+
+    exit_code = INTERRUPTED_EXIT_CODE

@@ -68,15 +68,46 @@ def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     return out / "best.pt"
 
 
-#: prepended to a ``python -c`` script: every ``import torch`` in it fails, as on a Jetson without PyTorch
-BLOCK_TORCH = """
+def block_imports_script(*packages: str) -> str:
+    """Python source that makes every import of ``packages`` (and their submodules) fail, as on a machine
+    without them: prepended to a ``python -c`` script, or written as a ``sitecustomize.py``."""
+    return f"""
 import sys
-class BlockTorch:
+class BlockImports:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked for this test)", name=name)
-sys.meta_path.insert(0, BlockTorch())
+        if name.split(".")[0] in {set(packages)!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked for this test)", name=name)
+sys.meta_path.insert(0, BlockImports())
 """
+
+
+#: prepended to a ``python -c`` script: every ``import torch`` in it fails, as on a Jetson without PyTorch
+BLOCK_TORCH = block_imports_script("torch")
+
+#: this checkout, put first on the PYTHONPATH of the console-script subprocesses
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fgcli_script() -> str:
+    """The installed ``fgcli`` console script: beside this Python (a virtualenv's bin/), else on PATH."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).with_name("fgcli")
+    found = str(beside) if beside.is_file() else shutil.which("fgcli")
+    if not found:
+        pytest.skip("the fgcli console script is not installed (pip install -e .)")
+    return found
+
+
+def fgcli_env(*first_on_path: Path, **variables: str) -> dict[str, str]:
+    """The environment of a console-script subprocess: this checkout (after ``first_on_path``) imported as
+    fgcli, no COLUMNS (so output is laid out as in a log file), plus ``variables``."""
+    import os
+
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, first_on_path), str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return {**env, **variables}
 
 
 @pytest.fixture(scope="session")

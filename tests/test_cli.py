@@ -34,7 +34,7 @@ def test_models_lists_every_registered_method():
 def test_eval_json_prints_top1_and_top5_fractions(tiny_checkpoint, tiny_dataset):
     result = runner.invoke(app, ["eval", str(tiny_checkpoint), "--data", str(tiny_dataset), "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert 0.0 <= report["top1"] <= report["top5"] <= 1.0
     assert report["count"] == 12
     assert set(report["per_class_accuracy"]) == {"alpha", "beta", "gamma"}
@@ -70,9 +70,10 @@ def test_train_cli_writes_run_folder(tiny_dataset, tmp_path):
 
 
 def test_installed_console_script_reports_errors_without_traceback(tmp_path):
-    exe = shutil.which("fgcli") or pytest.skip("fgcli console script not on PATH")
-    proc = subprocess.run([exe, "eval", str(tmp_path / "missing.pt"), "--data", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    from conftest import fgcli_env, fgcli_script
+
+    proc = subprocess.run([fgcli_script(), "eval", str(tmp_path / "missing.pt"), "--data", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=fgcli_env())
     assert proc.returncode == 2
     assert "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -103,7 +104,7 @@ def test_predict_and_eval_onnx_run_with_torch_blocked(tiny_onnx, tiny_dataset, t
 
 
 def test_onnx_eval_matches_checkpoint_eval(tiny_checkpoint, tiny_onnx, tiny_dataset):
-    results = [json.loads(runner.invoke(app, ["eval", str(m), "--data", str(tiny_dataset), "--json"]).output)
+    results = [json.loads(runner.invoke(app, ["eval", str(m), "--data", str(tiny_dataset), "--json"]).stdout)
                for m in (tiny_checkpoint, tiny_onnx)]
     assert results[0]["top1"] == results[1]["top1"]
     assert results[0]["confusion_matrix"] == results[1]["confusion_matrix"]
@@ -135,7 +136,7 @@ def test_export_int8_writes_both_int8_models_and_reports_quantized_nodes(tiny_ch
     assert any("few" in note for note in summary["notes"])  # 24 < 300 calibration images
     for name in ("model.int8.onnx", "model.ort-int8.onnx"):
         evaluation = runner.invoke(app, ["eval", str(out / name), "--data", str(tiny_dataset), "--json"])
-        assert evaluation.exit_code == 0 and 0 <= json.loads(evaluation.output)["top1"] <= 1
+        assert evaluation.exit_code == 0 and 0 <= json.loads(evaluation.stdout)["top1"] <= 1
 
 
 def test_train_without_torch_names_the_extra_to_install(tiny_dataset, tmp_path):

@@ -261,3 +261,11 @@ def test_onnx_without_fgcli_metadata_is_refused(monkeypatch, tmp_path):
     with pytest.raises(FgcliError, match="lacks the fgcli metadata fgcli.class_names") as caught:
         build_engine(bare)
     assert "fgcli export" in caught.value.hint
+
+
+def test_cuda_python_without_a_driver_records_an_unknown_gpu(monkeypatch, models):
+    """A build server with cuda-python but no NVIDIA driver (where TensorRT-RTX builds): no crash, no guess."""
+    install_fakes(monkeypatch, V11, cuda=FakeCuda(driver=False))
+    info = build_engine(models["int8"])
+    assert info.sidecar["gpu"] == {"name": "unknown", "compute_capability": "unknown"}
+    assert info.sidecar["backend"] == "tensorrt"

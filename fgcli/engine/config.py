@@ -64,6 +64,7 @@ class TrainConfig:
     amp: bool = True  # only takes effect on CUDA
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False  # start a new run in an out folder that holds one
     skip_bad: bool = False
     recipe: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +90,11 @@ class TrainConfig:
             raise FgcliError(f"--tensorboard-every {self.tensorboard_every} must be at least 1")
         if self.epochs < 1 or self.batch_size < 1:
             raise FgcliError("--epochs and --batch-size must be at least 1")
+        if not self.lr > 0:
+            raise FgcliError(f"--lr {self.lr} is not a learning rate", hint="use a positive value, e.g. --lr 0.01")
+        if self.resume and self.overwrite:
+            raise FgcliError("--resume and --overwrite contradict each other",
+                             hint="--resume continues the run in --out; --overwrite starts a new one there")
 
 
 def load_recipe(method: str, name: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -42,20 +42,27 @@ def predict_paths(
     progress: Callable[[int], None] | None = None,
 ) -> list[Prediction]:
     """Top-k class names and probabilities per image; unreadable images get an ``error`` instead."""
+    return [p for batch in iter_predictions(runner, paths, topk, batch_size, threads, progress) for p in batch]
+
+
+def iter_predictions(
+    runner, paths: list[str], topk: int = 5, batch_size: int = 32, threads: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[list[Prediction]]:
+    """``predict_paths`` batch by batch, in input order: a caller stopped half-way (Ctrl-C) keeps the
+    predictions of the batches already yielded."""
     k = max(1, min(topk, len(runner.class_names)))
-    predictions: list[Prediction] = [Prediction(p, [], []) for p in paths]
     for batch in iter_image_batches(paths, runner.preprocess, batch_size, threads):
-        for i, reason in batch.errors.items():
-            predictions[i].error = reason
+        predictions = {i: Prediction(paths[i], [], [], error=reason) for i, reason in batch.errors.items()}
         if batch.indices:
             probs = softmax(runner.run(batch.images))
             order = np.argsort(-probs, axis=1)[:, :k]
             for row, i in enumerate(batch.indices):
-                predictions[i].classes = [runner.class_names[j] for j in order[row]]
-                predictions[i].probabilities = [float(probs[row, j]) for j in order[row]]
+                predictions[i] = Prediction(paths[i], [runner.class_names[j] for j in order[row]],
+                                            [float(probs[row, j]) for j in order[row]])
         if progress:
             progress(len(batch.indices) + len(batch.errors))
-    return predictions
+        yield [predictions[i] for i in sorted(predictions)]
 
 
 def write_predictions_csv(path: str | Path, predictions: list[Prediction], topk: int) -> Path:

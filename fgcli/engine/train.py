@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,11 +32,12 @@ from fgcli.engine import distributed as dist_utils
 from fgcli.engine.checkpoint import load_checkpoint, save_checkpoint
 from fgcli.engine.config import TrainConfig
 from fgcli.engine.metrics import ClassificationMetrics
+from fgcli.engine.run_folder import RUN_FILES, check_run_folder, run_lock
 from fgcli.engine.tensorboard import PREVIEW_IMAGES, TensorBoardLogger
 from fgcli.errors import DataError, FgcliError
 from fgcli.models import create_model
 from fgcli.runtime.torch_runner import resolve_torch_device
-from fgcli.utils import atomic_path
+from fgcli.utils import atomic_path, write_json_atomic
 
 #: callback(event, payload) used by the CLI to drive progress bars; the loop itself prints nothing
 ProgressHook = Callable[[str, dict[str, Any]], None]
@@ -174,7 +179,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": _python_rng_state()},
             "best_top1": self.best_top1,
-            "train_config": {k: v for k, v in self.cfg.to_dict().items() if k != "resume"},
+            "train_config": {k: v for k, v in self.cfg.to_dict().items() if k not in ("resume", "overwrite")},
             "metrics": metrics,
             "bad_images": sorted(self.bad_images),
         }
@@ -268,11 +273,12 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
+        # a new run over an old one (--overwrite) replaces its files only once it has an epoch to show
+        replaces_old_run = not cfg.resume and any((self.out / name).exists() for name in RUN_FILES)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            if not cfg.resume:
-                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            if not replaces_old_run:
+                write_json_atomic(self.out / "config.json", cfg.to_dict())
         last_top1 = 0.0
         epoch = self.start_epoch
         board = None
@@ -301,11 +307,16 @@ class Trainer:
                     save_checkpoint(self.out / "last.pt", state)
                     if is_best:
                         save_checkpoint(self.out / "best.pt", state)
+                    if replaces_old_run and epoch == self.start_epoch:
+                        write_json_atomic(self.out / "config.json", cfg.to_dict())
+                        (self.out / "interrupted.pt").unlink(missing_ok=True)  # the old run's
                     self.hook("epoch_end", record)
                 dist_utils.barrier(self.dist)
         except KeyboardInterrupt:
             if self.dist.is_main:
-                save_checkpoint(self.out / "interrupted.pt", self._state(epoch, {"interrupted_in_epoch": epoch + 1}))
+                with _sigint_ignored():  # a second Ctrl-C must not cut interrupted.pt short
+                    save_checkpoint(self.out / "interrupted.pt",
+                                    self._state(epoch, {"interrupted_in_epoch": epoch + 1}))
                 self.hook("interrupted", {"epoch": epoch + 1, "out": str(self.out)})
             return TrainResult(self.out, self.best_top1, last_top1, epoch - self.start_epoch, sorted(self.bad_images), True)
         finally:
@@ -327,8 +338,31 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
-    """Train ``cfg.method`` on ``cfg.data``; writes RUN/last.pt, RUN/best.pt and RUN/metrics.jsonl."""
-    return Trainer(cfg, hook).fit()
+    """Train ``cfg.method`` on ``cfg.data``; writes RUN/last.pt, RUN/best.pt and RUN/metrics.jsonl.
+
+    A RUN holding a run is refused unless ``cfg.resume`` or ``cfg.overwrite``; RUN/.fgcli.lock keeps a
+    second run out while this one trains (see fgcli.engine.run_folder).
+    """
+    if os.environ.get("RANK", "0") != "0":  # DDP: rank 0 holds the lock and decides for the folder
+        check_run_folder(cfg.out, cfg.resume, cfg.overwrite)
+        return Trainer(cfg, hook).fit()
+    note = (lambda message: hook("note", {"message": message})) if hook else (lambda message: None)
+    with run_lock(cfg.out, note):
+        check_run_folder(cfg.out, cfg.resume, cfg.overwrite)
+        return Trainer(cfg, hook).fit()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C for the block (in the main thread, where Python handles signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _restore_rng(state: dict) -> None:

@@ -10,8 +10,12 @@ Build paths (ONNX kind: Q/DQ nodes -> int8, float16 tensors -> fp16, else fp32):
 | fp32, fp16            | flag FP16                     | flag FP16 (deprecated 10.12)   | refused: export --fp16     |
 | fp32, int8 + calib    | INT8 + FP16 + calibrator      | same (deprecated 10.1)         | refused: export --int8     |
 
+TensorRT for RTX (``backend="tensorrt-rtx"``, ``import tensorrt_rtx``) has TensorRT 11's API and takes the
+11.x column; it builds without a GPU.
+
 FP16 rides along with INT8 so layers without an INT8 kernel run in FP16 rather than FP32 (as NVIDIA's
-efficientdet sample does). What was checked, and where:
+efficientdet sample does). Every TensorRT name used here is held to the real bindings of 8.6.1, 10.3.0,
+10.16.1.11 and 11.4.0.106 by ``tests/test_trt_surface.py``. What was checked, and where:
 - NVIDIA/TensorRT ``python/src/infer/pyCore.cpp`` at tags v8.6.1, v10.0.0, v10.16, v11.1:
   8.6 has ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH`` (no STRONGLY_TYPED), ``BuilderFlag.FP16/INT8``,
   ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, size)``, ``int8_calibrator``,
@@ -50,7 +54,7 @@ from fgcli.calibration import QDQ_OP_TYPES
 from fgcli.errors import FgcliError
 from fgcli.runtime.onnx_runner import decode_fgcli_metadata
 from fgcli.runtime.tensorrt_runner import (
-    cuda_device_info, import_tensorrt, sidecar_path, tensorrt_version,
+    TENSORRT, TENSORRT_RTX, backend_of, cuda_device_info, import_tensorrt, sidecar_path, tensorrt_version,
 )
 from fgcli.utils import atomic_path, optional_import, sha256_file, write_json_atomic
 
@@ -162,12 +166,13 @@ def default_calibration_cache(onnx_path: Path) -> Path:
     return onnx_path.with_name(f"{_model_name(onnx_path)}.calib.cache")
 
 
-def _network_flags(trt, major: int, plan: BuildPlan) -> int:
+def _network_flags(trt, plan: BuildPlan) -> int:
     flags = 0
-    if major < 10:  # the ONNX parser needs explicit batch before 10.0 (always on from 10, gone in 11)
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    creation = trt.NetworkDefinitionCreationFlag
+    if not hasattr(creation, "STRONGLY_TYPED"):  # 8.6: the ONNX parser needs explicit batch (on from 10, gone in 11)
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
     if plan.path == STRONGLY_TYPED:  # opt-in on 10.x; accepted and ignored on 11 (always strongly typed)
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        flags |= 1 << int(creation.STRONGLY_TYPED)
     return flags
 
 
@@ -178,7 +183,7 @@ def _parse_error(parser, onnx_path: Path) -> FgcliError:
         where = f"node {error.node()}"
         if hasattr(error, "node_name"):  # TensorRT >= 10 names the node and its operator
             where += f" '{error.node_name()}' ({error.node_operator()})"
-        lines.append(f"{where}: {error.code()}: {error.desc()}")
+        lines.append(f"{where}: {error.code().name}: {error.desc()}")  # str() would give "ErrorCode.X"
     details = "\n  ".join(lines) or "no details (rerun with --verbose)"
     return FgcliError(f"TensorRT could not parse {onnx_path}:\n  {details}",
                       hint="re-export with `fgcli export` (opset 17), or check the operator against the TensorRT "
@@ -221,9 +226,12 @@ def _check_dla(builder, dla_core: int | None, plan: BuildPlan) -> None:
         raise FgcliError("DLA runs FP16 or INT8 only", hint="add --precision fp16 or --precision int8")
 
 
-def _attach_timing_cache(config, path: Path | None):
+def _attach_timing_cache(trt, config, path: Path | None):
     if path is None:
         return
+    if backend_of(trt) == TENSORRT_RTX:
+        raise FgcliError("TensorRT-RTX has no timing cache (its timing cache calls are no-ops since 1.2)",
+                         hint="drop --timing-cache for --backend tensorrt-rtx")
     data = path.read_bytes() if path.is_file() else b""
     if not config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False):
         log.warning("timing cache %s was made on another device or TensorRT version; starting a new one", path)
@@ -258,16 +266,19 @@ def build_engine(
     calib_data: str | Path | None = None,
     calib_batch: int = 8,
     verbose: bool = False,
+    backend: str = TENSORRT,
 ) -> EngineInfo:
     """Build ``model.<precision>.engine`` and its ``.json`` sidecar from an fgcli ONNX.
 
     ``precision=None`` builds what the ONNX carries (int8 for Q/DQ, fp16 for float16, else fp32).
     ``calib_data``/``calib_cache`` select TensorRT's legacy INT8 calibrator (8.6 / 10.x, float32 ONNX);
     the cache defaults to ``<model>.calib.cache`` beside the ONNX so it can travel with it.
+    ``backend="tensorrt-rtx"`` builds with TensorRT for RTX, which needs no GPU to build (the engine then
+    runs on RTX GPUs of compute capability 8.0+); its API is TensorRT 11's, so the same strongly typed path.
     """
     onnx_path = Path(onnx_path)
-    trt = import_tensorrt("Building a TensorRT engine")
-    major, _ = tensorrt_version(trt)
+    trt = import_tensorrt("Building a TensorRT engine", backend)
+    tensorrt_version(trt)
     summary = inspect_onnx(onnx_path)
     meta = {**decode_fgcli_metadata(summary.metadata_props, onnx_path), "metadata_props": summary.metadata_props}
     use_calibrator = calib_data is not None or calib_cache is not None
@@ -278,7 +289,7 @@ def build_engine(
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     _check_dla(builder, dla_core, plan)
-    network = builder.create_network(_network_flags(trt, major, plan))
+    network = builder.create_network(_network_flags(trt, plan))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise _parse_error(parser, onnx_path)
@@ -297,7 +308,7 @@ def build_engine(
         flags.append("GPU_FALLBACK")
     for flag in flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
-    _attach_timing_cache(config, timing_cache)
+    _attach_timing_cache(trt, config, timing_cache)
     calibrator = None
     if plan.path == LEGACY_CALIBRATOR:
         cache = Path(calib_cache) if calib_cache is not None else default_calibration_cache(onnx_path)
@@ -326,6 +337,7 @@ def build_engine(
 
     sidecar = {
         "engine": engine_path.name,
+        "backend": backend_of(trt),
         "tensorrt_version": str(trt.__version__),
         "gpu": cuda_device_info(0),
         "precision": plan.precision,

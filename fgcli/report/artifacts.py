@@ -3,10 +3,11 @@
 From a checkpoint, the report exports into its own folder (OUT/export) with ``export_all`` and records in
 ``source.json`` the checkpoint's sha256 and the calibration settings. A later report reuses those files only
 when the record matches; otherwise every file the report made there is removed and exported again, so a
-report never measures a model made from another checkpoint. TensorRT engines are built beside the ONNX they
-come from (also in a given export folder: engines must be built on the machine that runs them) and reused
-only while their sidecar names the same ONNX sha256, TensorRT version and GPU, with a batch profile large
-enough for the report.
+report never measures a model made from another checkpoint. Files it did not make (no record: e.g. written
+by ``fgcli export`` into RUN/export, met with ``--out RUN``) are never removed: the report refuses.
+TensorRT engines are built beside the ONNX they come from (also in a given export folder: engines must be
+built on the machine that runs them) and reused only while their sidecar names the same ONNX sha256, TensorRT
+version and GPU, with a batch profile large enough for the report.
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
               "calib_data": str(Path(data).resolve()), "calib_size": calib_size}
     previous = _read_json(export_dir / SOURCE_RECORD)
     if not _same_source(previous, record):
+        foreign = [name for name in EXPORT_FILES if (export_dir / name).is_file()]
+        if foreign and not previous:
+            raise FgcliError(
+                f"{export_dir} holds files no report made (no {SOURCE_RECORD}): {', '.join(foreign)}; "
+                "the report would replace them",
+                hint="choose another --out (the default, RUN/report, keeps its own export folder), or report on "
+                     f"that export folder itself: fgcli report {export_dir} --data DATASET")
         removed = _remove(export_dir, EXPORT_FILES)
         if removed:
-            why = ("another checkpoint or other calibration settings" if previous
-                   else f"an unknown source (no {SOURCE_RECORD})")
-            notes.append(f"{export_dir} held files made from {why}: removed {', '.join(removed)} and exported again")
+            notes.append(f"{export_dir} held files made from another checkpoint or other calibration settings: "
+                         f"removed {', '.join(removed)} and exported again")
     artifacts = read_export_record(export_dir)
     missing = [key for key in needed if key not in artifacts or not (export_dir / ONNX_FILES[key]).is_file()]
     if missing:

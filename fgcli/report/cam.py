@@ -175,6 +175,7 @@ class CamFigures:
     figures: list[Path] = field(default_factory=list)
     grid: Path | None = None
     failed: dict[str, str] = field(default_factory=dict)
+    num_classes: int = 0  # of the checkpoint: a caption lists at most this many
 
 
 def collect_images(inputs: list[str | Path], limit: int = 8) -> list[str]:
@@ -254,7 +255,7 @@ def write_cam_figures(checkpoint: str | Path, image_paths: list[str], out_dir: s
     model = model_from_checkpoint(ckpt).to(torch_device)
     preprocess = PreprocessConfig.from_dict(ckpt["preprocess"])
     out_dir = Path(out_dir)
-    result, rows = CamFigures(), []
+    result, rows = CamFigures(num_classes=len(ckpt["class_names"])), []
     for index, path in enumerate(image_paths, 1):
         try:
             rgb = load_rgb(path)

@@ -117,7 +117,7 @@ class OnnxRunner(Runner):
         """``spin_wait=False``: ONNX Runtime's threads sleep after a call instead of busy-waiting for the next
         one. Busy-waiting helps a model that runs alone, and steals the cores from whatever runs next: measured
         on 2 cores, a PyTorch call right after an ORT call took 22 ms instead of 9.8 ms."""
-        ort = optional_import("onnxruntime", "onnx", "Running an ONNX model")
+        ort = optional_import("onnxruntime", "onnx", f"Running the ONNX model {path}")
         self.path = Path(path)
         self._session = _open_session(ort, self.path, device, providers, spin_wait)
         active = self._session.get_providers()[0]

@@ -36,6 +36,11 @@ from fgcli.runtime.base import Runner
 
 MIN_TENSORRT = (8, 6)
 REBUILD_HINT = "rebuild the engine on this machine: fgcli build {onnx} --precision {precision}"
+# Builder/runtime libraries: TensorRT, and TensorRT for RTX (`import tensorrt_rtx`, its own 1.x versions;
+# TensorRT 11's strongly typed API, engines built ahead of time without a GPU, portable across RTX GPUs).
+TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt-rtx"
+BACKEND_MODULES = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt_rtx"}
+NO_GPU_ERRORS = ("cudaErrorNoDevice", "cudaErrorInsufficientDriver")
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
@@ -44,11 +49,17 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def import_tensorrt(purpose: str):
-    """Import tensorrt lazily; say where to install it and that engines are built on the target."""
+def import_tensorrt(purpose: str, backend: str = TENSORRT):
+    """Import tensorrt (or tensorrt_rtx) lazily; say where to install it and that engines are built on the target."""
+    if backend not in BACKEND_MODULES:
+        raise FgcliError(f"unknown TensorRT backend {backend!r}", hint=f"use one of {', '.join(BACKEND_MODULES)}")
     try:
-        import tensorrt
+        return importlib.import_module(BACKEND_MODULES[backend])
     except ImportError as exc:
+        if backend == TENSORRT_RTX:
+            error = MissingDependencyError("tensorrt_rtx", "rtx", purpose)
+            error.hint = "pip install 'fgcli[rtx]' (TensorRT for RTX from PyPI; builds engines without a GPU)"
+            raise error from exc
         error = MissingDependencyError("tensorrt", "trt", purpose)
         error.hint = (
             "install TensorRT on the machine that runs the engine (JetPack ships it; on x86: pip install "
@@ -56,14 +67,18 @@ def import_tensorrt(purpose: str):
             "run on the TensorRT version and GPU that built them"
         )
         raise error from exc
-    return tensorrt
+
+
+def backend_of(trt) -> str:
+    """Which library an imported module is: TensorRT or TensorRT for RTX."""
+    return TENSORRT_RTX if str(trt.__name__).split(".")[0] == BACKEND_MODULES[TENSORRT_RTX] else TENSORRT
 
 
 def tensorrt_version(trt) -> tuple[int, int]:
-    """(major, minor) of the imported tensorrt; refuses versions older than 8.6."""
+    """(major, minor) of the imported tensorrt; refuses TensorRT older than 8.6 (any TensorRT-RTX is fine)."""
     parts = str(trt.__version__).split(".")
     version = (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
-    if version < MIN_TENSORRT:
+    if backend_of(trt) == TENSORRT and version < MIN_TENSORRT:
         raise FgcliError(
             f"TensorRT {trt.__version__} is too old: fgcli needs TensorRT 8.6 or newer.",
             hint="upgrade TensorRT (JetPack 6.0 ships 8.6, JetPack 6.1+ ships 10.3)",
@@ -108,11 +123,16 @@ def _cuda_call(cudart, result: tuple, what: str):
 def cuda_device_info(device: int = 0) -> dict[str, str]:
     """Name and compute capability of a GPU, for the sidecar and the load-time check.
 
-    Uses cuda-python, else torch.cuda; ``"unknown"`` when neither can see a GPU.
+    Uses cuda-python, else torch.cuda; ``"unknown"`` when neither can see a GPU (cuda-python on a machine
+    without a driver or GPU, where TensorRT for RTX still builds engines).
     """
     cudart = _import_cudart()
     if cudart is not None:
-        prop = _cuda_call(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        result = cudart.cudaGetDeviceProperties(device)
+        no_gpu = {getattr(cudart.cudaError_t, name, None) for name in NO_GPU_ERRORS}
+        if result[0] in no_gpu:
+            return {"name": "unknown", "compute_capability": "unknown"}
+        prop = _cuda_call(cudart, result, "cudaGetDeviceProperties")
         name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
         return {"name": name.rstrip("\x00"), "compute_capability": f"{prop.major}.{prop.minor}"}
     torch = _import_cuda_torch()
@@ -249,7 +269,8 @@ def check_engine_compatible(engine_path: str | Path, sidecar: dict, trt_version:
         )
     built_cc = sidecar["gpu"].get("compute_capability", "unknown")
     here_cc = gpu["compute_capability"]
-    if "unknown" not in (built_cc, here_cc) and built_cc != here_cc:
+    portable = sidecar.get("backend") == TENSORRT_RTX  # AOT engines run on any RTX GPU of CC 8.0+ (the JIT step)
+    if not portable and "unknown" not in (built_cc, here_cc) and built_cc != here_cc:
         raise FgcliError(
             f"{engine_path} was built for compute capability {built_cc} ({sidecar['gpu'].get('name')}), but "
             f"this GPU ({gpu['name']}) has {here_cc}; plans are specific to the GPU generation.", hint=hint,
@@ -327,7 +348,7 @@ class TensorRTRunner(Runner):
     def __init__(self, engine_path: str | Path, device: int = 0):
         self.engine_path = Path(engine_path)
         self.sidecar = read_sidecar(self.engine_path)
-        trt = import_tensorrt("Running a TensorRT engine")
+        trt = import_tensorrt("Running a TensorRT engine", self.sidecar.get("backend", TENSORRT))
         tensorrt_version(trt)
         check_engine_compatible(self.engine_path, self.sidecar, str(trt.__version__), cuda_device_info(device))
         self._memory = None

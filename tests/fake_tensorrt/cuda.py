@@ -20,6 +20,8 @@ class cudaError_t(IntEnum):  # noqa: N801 - names as in cuda-python
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
     cudaErrorInvalidDevicePointer = 17
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
     cudaErrorInvalidDevice = 101
     cudaErrorInvalidResourceHandle = 400
 
@@ -48,8 +50,9 @@ class FakeCuda:
     """One fake GPU: a heap of device allocations, live streams, and the module objects to install."""
 
     def __init__(self, name: str = "NVIDIA Jetson AGX Orin", capability: tuple[int, int] = (8, 7),
-                 log: CallLog | None = None):
-        self.name, self.capability = name, capability
+                 log: CallLog | None = None, driver: bool = True):
+        """``driver=False``: cuda-python installed on a machine without an NVIDIA driver (a build server)."""
+        self.name, self.capability, self.driver = name, capability, driver
         self.log = log if log is not None else CallLog()
         self.heap: dict[int, bytearray] = {}
         self.streams: set[int] = set()
@@ -91,6 +94,8 @@ class FakeCuda:
             return (ok,) if device == 0 else (cudaError_t.cudaErrorInvalidDevice,)
 
         def cudaGetDeviceProperties(device: int):  # noqa: N802
+            if not fake.driver:
+                return cudaError_t.cudaErrorInsufficientDriver, None
             if device != 0:
                 return cudaError_t.cudaErrorInvalidDevice, None
             prop = SimpleNamespace(name=fake.name.encode(), major=fake.capability[0], minor=fake.capability[1])

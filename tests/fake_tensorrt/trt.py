@@ -1,5 +1,9 @@
 """A fake ``tensorrt`` module per major version (8.6, 10.x, 11.x) that records every call.
 
+Held to the real API: ``tests/test_trt_surface.py`` fails when a name, enum value or method signature
+here is not the one in ``surfaces/tensorrt-<version>.json`` (recorded from NVIDIA's bindings wheels by
+``tools/trt_api_surface.py``), or when fgcli's code touches a name its version lacks (``recorder``).
+
 Members present or absent per version follow NVIDIA/TensorRT ``python/src/infer/pyCore.cpp``,
 ``pyInt8.cpp`` and ``python/src/parsers/pyOnnx.cpp`` at tags v8.6.1, v10.16 and v11.1:
 - 8.6: NetworkDefinitionCreationFlag {EXPLICIT_BATCH, EXPLICIT_PRECISION}; BuilderFlag FP16/INT8;
@@ -24,7 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from enum import IntEnum
+import sys
+from enum import EnumType, IntEnum
 from types import ModuleType
 
 import numpy as np
@@ -41,11 +46,43 @@ def fake_logits(images: np.ndarray, num_classes: int) -> np.ndarray:
     return means[:, None] * np.arange(1, num_classes + 1, dtype=np.float32)
 
 
-class _StrEnum(IntEnum):
-    """pybind11 enums print their member name (``ErrorCode.__str__`` is the bare name)."""
+def _record(ctx, owner: str, name: str, found: bool, depth: int = 3) -> None:
+    """Note ``owner.name`` when fgcli's code touched it and a recorder is on. The frames above are
+    ``_recorded_lookup``, a ``__getattribute__`` and then the code that looked the name up (``depth``)."""
+    if ctx is None or ctx.recorder is None or (name.startswith("_") and name not in ("__init__", "__version__")):
+        return
+    if sys._getframe(depth).f_globals.get("__name__", "").split(".")[0] == "fgcli":
+        ctx.recorder.add((owner, name, found))
+
+
+def _recorded_lookup(lookup, obj, owner: str, ctx, name: str):
+    try:
+        value = lookup(obj, name)
+    except AttributeError:
+        _record(ctx, owner, name, False)
+        raise
+    _record(ctx, owner, name, True)
+    return value
+
+
+class _RecordingEnumType(EnumType):
+    """Enum classes that note fgcli's member look-ups (``trt.BuilderFlag.FP16``, ``hasattr(...)``)."""
+
+    def __getattribute__(cls, name):
+        ctx = type.__getattribute__(cls, "__dict__").get("_fake_ctx")
+        return _recorded_lookup(type.__getattribute__, cls, type.__getattribute__(cls, "__name__"), ctx, name)
+
+
+class _Enum(IntEnum, metaclass=_RecordingEnumType):
+    pass
+
+
+class _StrEnum(_Enum):
+    """pybind11 enums print ``Class.MEMBER`` (``str(trt.ErrorCode.INVALID_NODE)`` is "ErrorCode.INVALID_NODE" in the
+    real 10.3 bindings and in TensorRT-RTX 1.7); ``.name`` is the bare member name."""
 
     def __str__(self) -> str:
-        return self.name
+        return f"{type(self).__name__}.{self.name}"
 
 
 def _enums(major: int) -> dict[str, type]:
@@ -56,18 +93,20 @@ def _enums(major: int) -> dict[str, type]:
     else:
         creation = {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}
     flags = {"DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6}
+    if major == 8:  # 8.6 has STRICT_TYPES at 4 (surfaces/tensorrt-8.6.1.json)
+        flags.update(REFIT=5, DISABLE_TIMING_CACHE=6, TF32=7)
     if major < 11:
         flags.update(FP16=0, INT8=1)
     if major == 10:
         flags.update(FP8=15, BF16=17, INT4=22)
     return {
-        "NetworkDefinitionCreationFlag": IntEnum("NetworkDefinitionCreationFlag", creation),
-        "BuilderFlag": IntEnum("BuilderFlag", flags),
-        "DataType": IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4}),
-        "TensorIOMode": IntEnum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2}),
-        "MemoryPoolType": IntEnum("MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1,
-                                                     "DLA_LOCAL_DRAM": 2, "DLA_GLOBAL_DRAM": 3}),
-        "DeviceType": IntEnum("DeviceType", {"GPU": 0, "DLA": 1}),
+        "NetworkDefinitionCreationFlag": _Enum("NetworkDefinitionCreationFlag", creation),
+        "BuilderFlag": _Enum("BuilderFlag", flags),
+        "DataType": _Enum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4}),
+        "TensorIOMode": _Enum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2}),
+        "MemoryPoolType": _Enum("MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1,
+                                                   "DLA_LOCAL_DRAM": 2, "DLA_GLOBAL_DRAM": 3}),
+        "DeviceType": _Enum("DeviceType", {"GPU": 0, "DLA": 1}),
         "ErrorCode": _StrEnum("ErrorCode", {"SUCCESS": 0, "INTERNAL_ERROR": 1, "INVALID_NODE": 6,
                                             "UNSUPPORTED_GRAPH": 7, "UNSUPPORTED_NODE": 8}),
     }
@@ -76,20 +115,56 @@ def _enums(major: int) -> dict[str, type]:
 class _Context:
     """What one fake module instance shares between its classes."""
 
-    def __init__(self, version: str, cuda: FakeCuda, num_dla_cores: int, log: CallLog):
+    def __init__(self, version: str, cuda: FakeCuda, num_dla_cores: int, log: CallLog, recorder: set | None):
         self.version, self.cuda, self.num_dla_cores, self.log = version, cuda, num_dla_cores, log
+        self.recorder = recorder
         self.major = int(version.split(".")[0])
         self.enums = _enums(self.major)
+        for enum in self.enums.values():
+            type.__setattr__(enum, "_fake_ctx", self)
 
     def error(self, message: str) -> None:
         self.log.add("logger.error", message)
 
 
-class _Bound:
-    """Base of every fake class: each module binds its classes to its own _Context."""
+class _RecordingMeta(type):
+    """Class-level look-ups (``trt.Logger.WARNING``, ``base.__init__``) noted like instance ones."""
+
+    def __getattribute__(cls, name):
+        ctx = type.__getattribute__(cls, "__dict__").get("_ctx")
+        return _recorded_lookup(type.__getattribute__, cls, type.__getattribute__(cls, "__name__"), ctx, name)
+
+
+class _Bound(metaclass=_RecordingMeta):
+    """Base of every fake class: each module binds its classes to its own _Context.
+
+    With a recorder, every attribute fgcli's code reads from an instance is noted as
+    ``(real class name, attribute, found)``; for an fgcli subclass (the calibrator) only the names it
+    inherits from the fake base count, under that base's name."""
 
     _ctx: _Context
     _classes: dict[str, type]
+
+    def __getattribute__(self, name):
+        cls = type(self)
+        ctx = type.__getattribute__(cls, "_ctx")
+        if ctx.recorder is None:
+            return object.__getattribute__(self, name)
+        fake = next(k for k in cls.__mro__ if type.__getattribute__(k, "__dict__").get("_ctx") is ctx)
+        if fake is not cls and (name in object.__getattribute__(self, "__dict__")
+                                or any(name in vars(k) for k in cls.__mro__[:cls.__mro__.index(fake)])):
+            return object.__getattribute__(self, name)  # defined by the subclass: not TensorRT's
+        return _recorded_lookup(object.__getattribute__, self, type.__getattribute__(fake, "__name__"), ctx, name)
+
+    def __setattr__(self, name, value):
+        """Assignments by fgcli (``config.DLA_core = 1``) are noted as ``"DLA_core="``."""
+        cls = type(self)
+        ctx = type.__getattribute__(cls, "_ctx")
+        fake = next(k for k in cls.__mro__ if type.__getattribute__(k, "__dict__").get("_ctx") is ctx)
+        defined_by_fake = any(name in vars(k) for k in cls.__mro__[cls.__mro__.index(fake):])
+        if fake is cls or defined_by_fake:
+            _record(ctx, type.__getattribute__(fake, "__name__"), name + "=", defined_by_fake, depth=2)
+        object.__setattr__(self, name, value)
 
 
 class Logger(_Bound):
@@ -108,7 +183,7 @@ class FakeHostMemory(bytes):
         return len(self)
 
 
-class _Tensor:
+class ITensor(_Bound):
     def __init__(self, name: str, shape: tuple[int, ...], dtype):
         self.name, self.shape, self.dtype = name, shape, dtype
 
@@ -116,8 +191,8 @@ class _Tensor:
 class INetworkDefinition(_Bound):
     def __init__(self, explicit_batch: bool, strongly_typed: bool):
         self.explicit_batch, self.strongly_typed = explicit_batch, strongly_typed
-        self.inputs: list[_Tensor] = []
-        self.outputs: list[_Tensor] = []
+        self.inputs: list[ITensor] = []
+        self.outputs: list[ITensor] = []
         self.has_qdq = self.has_fp16 = False
 
     @property
@@ -128,10 +203,10 @@ class INetworkDefinition(_Bound):
     def num_outputs(self) -> int:
         return len(self.outputs)
 
-    def get_input(self, index: int) -> _Tensor:
+    def get_input(self, index: int) -> ITensor:
         return self.inputs[index]
 
-    def get_output(self, index: int) -> _Tensor:
+    def get_output(self, index: int) -> ITensor:
         return self.outputs[index]
 
 
@@ -210,7 +285,7 @@ class OnnxParser(_Bound):
         def tensor(value):
             dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
             half = value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
-            return _Tensor(value.name, dims, data_type.HALF if half else data_type.FLOAT)
+            return self._classes["ITensor"](value.name, dims, data_type.HALF if half else data_type.FLOAT)
 
         network.inputs = [tensor(v) for v in graph.input]
         network.outputs = [tensor(v) for v in graph.output]
@@ -509,8 +584,16 @@ class ICudaEngine(_Bound):
         return [tuple(s) for s in self.plan["input"]["profile"]]
 
     def create_execution_context(self):
+        """8.6's signature; ``_AllocationStrategyEngine`` gives 10+ theirs."""
         self._ctx.log.add("engine.create_execution_context")
         return self._classes["IExecutionContext"](self)
+
+
+class _AllocationStrategyEngine:
+    """TensorRT >= 10: ``create_execution_context(strategy=ExecutionContextAllocationStrategy.STATIC)``."""
+
+    def create_execution_context(self, strategy=None):
+        return ICudaEngine.create_execution_context(self)
 
 
 class _BindingEngine:
@@ -638,20 +721,31 @@ class Runtime(_Bound):
         return self._classes["ICudaEngine"](plan)
 
 
+class _RecordingModule(ModuleType):
+    """The fake ``tensorrt`` module: notes fgcli's ``trt.X`` look-ups as ``("tensorrt", X, found)``."""
+
+    def __getattribute__(self, name):
+        ctx = ModuleType.__getattribute__(self, "__dict__").get("_fake_ctx")
+        return _recorded_lookup(ModuleType.__getattribute__, self, "tensorrt", ctx, name)
+
+
 def make_fake_tensorrt(version: str, cuda: FakeCuda, *, num_dla_cores: int = 0,
-                       log: CallLog | None = None) -> ModuleType:
-    """A ``tensorrt`` module for ``version`` ("8.6.1", "10.3.0", "11.1.0") over the fake GPU ``cuda``."""
-    ctx = _Context(version, cuda, num_dla_cores, log if log is not None else cuda.log)
+                       log: CallLog | None = None, recorder: set | None = None) -> ModuleType:
+    """A ``tensorrt`` module for ``version`` ("8.6.1", "10.3.0", "11.4.0") over the fake GPU ``cuda``.
+
+    ``recorder``: a set that collects ``(class, attribute, found)`` for every TensorRT name fgcli's code
+    looks up (``"tensorrt"`` for the module), to hold against the real surface of ``version``."""
+    ctx = _Context(version, cuda, num_dla_cores, log if log is not None else cuda.log, recorder)
     legacy = ctx.major < 10
     weakly_typed = ctx.major < 11
     shapes = {
-        "Logger": (Logger,), "INetworkDefinition": (INetworkDefinition,),
+        "Logger": (Logger,), "INetworkDefinition": (INetworkDefinition,), "ITensor": (ITensor,),
         "ParserError": (ParserError,) if legacy else (ParserError, _NamedParserError),
         "OnnxParser": (OnnxParser,), "IOptimizationProfile": (IOptimizationProfile,),
         "ITimingCache": (ITimingCache,),
         "IBuilderConfig": (IBuilderConfig, _CalibratingConfig) if weakly_typed else (IBuilderConfig,),
         "Builder": (Builder, _PrecisionQueries) if weakly_typed else (Builder,), "Runtime": (Runtime,),
-        "ICudaEngine": (ICudaEngine, _BindingEngine) if legacy else (ICudaEngine,),
+        "ICudaEngine": (ICudaEngine, _BindingEngine) if legacy else (_AllocationStrategyEngine, ICudaEngine),
         "IExecutionContext": (IExecutionContext, _BindingContext) if legacy else (IExecutionContext,),
     }
     if weakly_typed:
@@ -662,8 +756,10 @@ def make_fake_tensorrt(version: str, cuda: FakeCuda, *, num_dla_cores: int = 0,
     if weakly_typed:
         classes["IInt8EntropyCalibrator2"] = type("IInt8EntropyCalibrator2", (classes["IInt8Calibrator"],),
                                                   {"_ctx": ctx, "_classes": classes})
-    module = ModuleType("tensorrt")
+    module = _RecordingModule("tensorrt")
+    module._fake_ctx = ctx
     module.__version__ = version
+    module.IHostMemory = FakeHostMemory
     for name, value in {**ctx.enums, **classes}.items():
         setattr(module, name, value)
     data_type = ctx.enums["DataType"]

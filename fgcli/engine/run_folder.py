@@ -1,0 +1,88 @@
+"""A training run's folder: never trained into by accident, never by two runs at once.
+
+An out folder that already holds a run (``RUN_FILES``) is refused unless the new run continues it
+(``resume``) or replaces it (``overwrite``). With ``overwrite`` nothing is deleted up front: metrics.jsonl,
+last.pt, best.pt and config.json are each replaced atomically when the new run finishes its first epoch
+(and the old run's interrupted.pt is removed then), so a run stopped before that leaves the old one whole.
+
+While a run trains, ``OUT/.fgcli.lock`` (created with O_EXCL, holding the pid) keeps a second run out. A lock
+left by a process that no longer runs (kill -9) is taken over with a note. (Two runs that find the same stale
+lock within the same instant may both take it over: the lock guards against a second run started by hand or
+by a scheduler, not against a race of microseconds.)
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from fgcli.errors import FgcliError
+
+#: the files that make a folder a run (written by the training loop)
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "interrupted.pt")
+LOCK_NAME = ".fgcli.lock"
+
+
+def check_run_folder(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder holding one, unless it is continued or replaced on purpose."""
+    out = Path(out)
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not resume and not overwrite:
+        raise FgcliError(f"{out} already holds a training run ({', '.join(found)}); a new run would replace it",
+                         hint="--resume continues that run; --overwrite starts a new one there (the old files are "
+                              "replaced when its first epoch ends); or choose another --out")
+
+
+@contextmanager
+def run_lock(folder: str | Path, note: Callable[[str], None] = lambda message: None) -> Iterator[Path]:
+    """Hold ``folder/.fgcli.lock`` for the block; ``note(message)`` hears of a stale lock taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    _acquire(lock, note)
+    try:
+        yield lock
+    finally:
+        if _lock_pid(lock) == os.getpid():  # never remove a lock another process took over
+            lock.unlink(missing_ok=True)
+
+
+def _acquire(lock: Path, note: Callable[[str], None]) -> None:
+    for _ in range(3):  # a stale lock is removed, then created again; another process may win that race
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = _lock_pid(lock)
+            if pid is not None and _process_runs(pid):
+                raise FgcliError(
+                    f"another fgcli run (pid {pid}) is training into {lock.parent} (its lock: {lock})",
+                    hint=f"wait for it to end or choose another --out; if pid {pid} is no fgcli run, delete {lock}",
+                ) from None
+            holder = f"pid {pid}, which no longer runs" if pid is not None else "a process that wrote no pid"
+            note(f"took over the lock {lock} left by {holder}")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return
+    raise FgcliError(f"cannot take the lock {lock}: other runs keep creating it",
+                     hint="start one run per --out folder")
+
+
+def _lock_pid(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, under another user
+        return True
+    return True

@@ -1,0 +1,65 @@
+"""benchmarks/gpu_check.py on CPU: its --dry-run checks every import and command line, and the eval step
+runs at the rehearsal size, so the GPU check cannot rot between GPU sessions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = load_gpu_check()
+
+
+def test_dry_run_lists_the_plan_and_parses_both_fgcli_command_lines(tmp_path, capsys):
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    plan_line, checked = printed.split("\n", 1)
+    assert plan_line.startswith("plan: train, ddp, pipeline, eval, report")
+    assert json.loads(plan_line.split(" ", 6)[-1])["img_size"] == 448
+    checked = json.loads(checked)
+    assert checked["methods"] == gpu_check.list_models() and len(checked["methods"]) == 6
+    assert checked["commands"]["report"].startswith(f"fgcli report {tmp_path / 'baseline' / 'best.pt'}")
+    assert "--device cuda" in checked["commands"]["ddp"] and set(checked["backends"]) == {"tensorrt", "onnxruntime-gpu"}
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_a_command_line_the_cli_rejects_fails_the_dry_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "report_arguments", lambda plan, data, out: ["report", "x", "--no-such-flag"])
+    with pytest.raises(Exception, match="no-such-flag"):
+        gpu_check.main(["--dry-run", "--out", str(tmp_path)])
+
+
+def test_arguments_are_validated():
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--img-size", "450", "--dry-run"])
+
+
+@pytest.mark.slow  # ~30 s: float16 convolutions are slow on CPU
+def test_eval_step_measures_every_dtype_and_batch_at_the_rehearsal_size(tmp_path):
+    plan = gpu_check.rehearsal_plan()
+    figures = gpu_check.step_eval(plan, tmp_path / "data", tmp_path)
+    assert set(figures) == {f"{d}/eager/b{b}" for d in ("fp32", "fp16", "bf16") for b in plan.eval_batches} | {"compile"}
+    assert all(v > 0 for k, v in figures.items() if k != "compile")
+    table = gpu_check.table({"steps": {"eval": figures}})
+    assert table.splitlines()[0].split() == ["step", "figure", "value"] and "fp16/eager/b2" in table
+
+
+def test_synthetic_split_gives_about_the_requested_steps():
+    plan = gpu_check.full_plan(steps=300, img_size=448)
+    train_images = gpu_check.per_class_for(plan) * plan.classes * 0.7
+    assert 4 * train_images / plan.batch_size == pytest.approx(300, rel=0.1)
