@@ -177,9 +177,10 @@ def train(
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: last.pt, best.pt, metrics.jsonl."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="paper (the paper's settings) or small (CPU demo)."),
     dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18, resnet34, resnet50, resnet101."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from torchvision's ImageNet weights (downloads)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file: a torchvision ResNet state dict (the offline alternative to --pretrained) or an fgcli checkpoint, e.g. a baseline run's best.pt, to fine-tune a method from."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="torchvision resnet18, resnet34, resnet50, resnet101, or any timm CNN with stages at strides 4-32 (pip install 'fgcli[timm]'): efficientnet_b0, mobilenetv3_large_100, convnext_tiny, regnety_016, timm/resnet50 (timm's own ResNet)."),
+    attention_backbone: Optional[str] = typer.Option(None, "--attention-backbone", help="TASN only: the attention net's backbone (default resnet18; same names as --backbone)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (downloads: torchvision's for its ResNets, timm's loader for timm backbones)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file: a torchvision ResNet state dict or a timm state dict (.pth / .safetensors) (the offline alternative to --pretrained) or an fgcli checkpoint, e.g. a baseline run's best.pt, to fine-tune a method from."),
     img_size: Optional[int] = typer.Option(None, "--img-size", min=32, max=MAX_IMG_SIZE, help="Crop size (divisible by 32). Default 448."),
     resize_size: Optional[int] = typer.Option(None, "--resize-size", min=32, max=MAX_IMG_SIZE, help="Shorter side before cropping. Default 512."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
@@ -196,6 +197,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue exactly where OUT/last.pt stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start a new run in an OUT that holds one: its files are replaced when the new run finishes its first epoch, not before."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (and list them) instead of stopping."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files into OUT (loss terms, learning rates, accuracy, images/s; attention maps): tensorboard --logdir OUT. Needs pip install 'fgcli[tensorboard]'."),
+    tensorboard_every: int = typer.Option(5, "--tensorboard-every", min=1, max=10000, help="Epochs between the attention-map images (the last epoch always has them)."),
 ) -> None:
     """Train a method. Multi-GPU / multi-node: torchrun --nproc_per_node N -m fgcli train ...
 
@@ -203,6 +206,9 @@ def train(
     """
     from fgcli.engine.config import resolve_config
 
+    if attention_backbone and method != "tasn":
+        raise FgcliError(f"--attention-backbone is a TASN option; {method} has one backbone",
+                         hint="drop --attention-backbone, or pass --method tasn")
     cfg = resolve_config({
         "method": method, "data": str(data), "out": str(out), "recipe": recipe, "layout": dataset,
         "backbone": backbone, "pretrained": pretrained, "weights": str(weights) if weights else None,
@@ -211,6 +217,8 @@ def train(
         "warmup_epochs": warmup_epochs, "schedule": schedule, "workers": workers, "device": device,
         "amp": amp, "seed": seed, "resume": resume or None, "overwrite": overwrite or None,
         "skip_bad": skip_bad or None,
+        "model_kwargs": {"attention_backbone": attention_backbone} if attention_backbone else None,
+        "tensorboard": tensorboard or None, "tensorboard_every": tensorboard_every,
     })
     run_training(cfg)
 
@@ -407,8 +415,14 @@ def export(
     target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="With --int8, also write the mixed-precision model (model.int8-auto.onnx / model.ort-int8-auto.onnx): keep the nodes INT8 hurts most in float, one at a time, until this top-1 agreement with FP32 (e.g. 0.99) is met on the val / test split."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=100.0, help="With --int8: ... until top-1 is at most this many points below FP32 (e.g. 0.5); with --target-agreement both must hold."),
     val_size: int = typer.Option(256, "--val-size", min=1, max=100_000, help="Validation images the target is measured on (val, else test split; disjoint from calibration)."),
+    embed_preprocess: bool = typer.Option(False, "--embed-preprocess", help="Put the mean / std normalisation into the ONNX graph: its input becomes RGB 0..255 float (what DeepStream feeds; needed there when the std differ per channel)."),
+    deepstream: bool = typer.Option(False, "--deepstream", help="Also write DeepStream's nvinfer config config_infer_<name>.txt and labels_<name>.txt beside the model."),
+    deepstream_mode: str = typer.Option("secondary", "--deepstream-mode", help="primary (whole frames) or secondary (objects found by an upstream detector)."),
+    classifier_threshold: float = typer.Option(0.0, "--classifier-threshold", min=0.0, help="nvinfer's classifier-threshold; compared with the largest logit (the model has no softmax)."),
+    deepstream_calib_cache: Optional[Path] = typer.Option(None, "--deepstream-calib-cache", help="Implicit INT8 in DeepStream: a TensorRT calibration cache (fgcli build --int8 --calib-data writes model.calib.cache) for the FP32 ONNX."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Write a Triton model repository here: REPO/<name>/config.pbtxt, labels.txt, 1/model.onnx (1/model.plan with --trt)."),
 ) -> None:
-    """Export a checkpoint: ONNX (checked against PyTorch), FP16, INT8, TensorRT engine."""
+    """Export a checkpoint: ONNX (checked against PyTorch), FP16, INT8, TensorRT engine, DeepStream / Triton configs."""
     from fgcli.export.pipeline import ExportOptions, export_all
 
     options = ExportOptions(
@@ -416,7 +430,10 @@ def export(
         fp16=fp16, int8=int8, int8_backend=int8_backend, calib_data=str(calib_data) if calib_data else None,
         calib_size=calib_size, calib_method=calib_method, check_data=str(data) if data else None, trt=trt,
         workspace_gib=workspace, dla_core=dla_core, device=device, target_agreement=target_agreement,
-        max_drop=max_drop, val_size=val_size,
+        max_drop=max_drop, val_size=val_size, embed_preprocess=embed_preprocess,
+        deepstream=deepstream, deepstream_mode=deepstream_mode, deepstream_threshold=classifier_threshold,
+        deepstream_calib_cache=str(deepstream_calib_cache) if deepstream_calib_cache else None,
+        triton_repo=str(triton) if triton else None,
     )
     with _status("exporting") as step:
         summary = export_all(checkpoint, options, step=step)

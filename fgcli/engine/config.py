@@ -79,6 +79,8 @@ class TrainConfig:
     skip_bad: bool = False
     recipe: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    tensorboard: bool = False  # TensorBoard event files in the run folder
+    tensorboard_every: int = 5  # epochs between attention-map images
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +98,8 @@ class TrainConfig:
             raise FgcliError(f"--resize-size {self.resize_size} is smaller than --img-size {self.img_size}")
         if self.schedule not in ("cosine", "step"):
             raise FgcliError(f"unknown schedule '{self.schedule}'", hint="use cosine or step")
+        if self.tensorboard_every < 1:
+            raise FgcliError(f"--tensorboard-every {self.tensorboard_every} must be at least 1")
         if self.epochs < 1 or self.batch_size < 1:
             raise FgcliError("--epochs and --batch-size must be at least 1")
         if not self.lr > 0:

@@ -33,6 +33,7 @@ from fgcli.engine.checkpoint import load_checkpoint, save_checkpoint
 from fgcli.engine.config import TrainConfig
 from fgcli.engine.metrics import ClassificationMetrics
 from fgcli.engine.run_folder import RUN_FILES, check_run_folder, run_lock
+from fgcli.engine.tensorboard import PREVIEW_IMAGES, TensorBoardLogger
 from fgcli.errors import DataError, FgcliError
 from fgcli.models import create_model
 from fgcli.runtime.torch_runner import resolve_torch_device
@@ -114,6 +115,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_top1 = -1.0
         self.bad_images: dict[str, str] = {}
+        self.preview_images: torch.Tensor | None = None  # the first validation images, for attention maps
         self.ddp_model = self.model
         if cfg.resume:
             self._load_resume_state()
@@ -269,6 +271,8 @@ class Trainer:
             self._check_bad(bad)
             if len(labels) == 0:
                 continue
+            if self.preview_images is None:
+                self.preview_images = images[:PREVIEW_IMAGES].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 logits = self.model(images.to(self.device))
             metrics.update(logits.float().cpu().numpy(), labels.numpy())
@@ -285,6 +289,9 @@ class Trainer:
                 write_json_atomic(self.out / "config.json", cfg.to_dict())
         last_top1 = 0.0
         epoch = self.start_epoch
+        board = None
+        if cfg.tensorboard and self.dist.is_main:
+            board = TensorBoardLogger(self.out, cfg.mean, cfg.std, cfg.tensorboard_every)
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 epoch_start = time.perf_counter()
@@ -298,6 +305,10 @@ class Trainer:
                         "epoch_time_s": time.perf_counter() - epoch_start,
                     }
                     self._append_metrics(record)
+                    if board is not None:
+                        board.log_epoch(record, self.optimizer, epoch + 1)
+                        if board.wants_attention(epoch + 1, cfg.epochs) and self.preview_images is not None:
+                            board.log_attention(self.model, self.preview_images, epoch + 1)
                     is_best = last_top1 > self.best_top1
                     self.best_top1 = max(self.best_top1, last_top1)
                     state = self._state(epoch + 1, record)
@@ -317,6 +328,8 @@ class Trainer:
                 self.hook("interrupted", {"epoch": epoch + 1, "out": str(self.out)})
             return TrainResult(self.out, self.best_top1, last_top1, epoch - self.start_epoch, sorted(self.bad_images), True)
         finally:
+            if board is not None:
+                board.close()
             dist_utils.cleanup(self.dist)
         return TrainResult(
             self.out, self.best_top1, last_top1, cfg.epochs - self.start_epoch, sorted(self.bad_images)

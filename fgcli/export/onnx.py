@@ -66,11 +66,13 @@ def export_onnx(
     img_size: int | None = None,
     check_images: np.ndarray | None = None,
     simplify: bool = True,
+    embed_preprocess: bool = False,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out_dir/model.onnx`` and check it against PyTorch.
 
     ``img_size`` overrides the checkpoint's crop size (the resize size scales with it); ``check_images``
-    is a preprocessed ``(N, 3, S, S)`` float32 batch, generated when None. Raises FgcliError when ONNX
+    is a preprocessed ``(N, 3, S, S)`` float32 batch, generated when None. ``embed_preprocess`` puts the
+    mean / std normalisation into the graph (see :func:`embed_normalization`). Raises FgcliError when ONNX
     Runtime and PyTorch disagree by more than ``logit_tolerance(..., PARITY_ATOL, PARITY_RTOL)`` or on any
     top-1 class.
     """
@@ -80,14 +82,18 @@ def export_onnx(
     preprocess = export_preprocess(ckpt, img_size)
     images = validated_check_images(check_images, preprocess.img_size)
     proto = trace_to_onnx(model, preprocess.img_size, opset)
+    reference = torch_logits(model, images)
+    graph_preprocess, graph_images = preprocess, images
+    if embed_preprocess:
+        proto = embed_normalization(proto, preprocess)
+        graph_preprocess, graph_images = raw_pixel_preprocess(preprocess), denormalize(images, preprocess)
     if simplify:
         proto = simplify_onnx(proto)
-    set_onnx_metadata(proto, checkpoint_metadata(ckpt, preprocess, model))
+    set_onnx_metadata(proto, checkpoint_metadata(ckpt, graph_preprocess, model))
     check_onnx(proto, "the exported graph")
     path = Path(out_dir) / "model.onnx"
-    reference = torch_logits(model, images)
-    parity = save_checked_onnx(proto, path, images, reference, logit_tolerance(reference, PARITY_ATOL, PARITY_RTOL),
-                               "PyTorch", strict_top1=True)
+    parity = save_checked_onnx(proto, path, graph_images, reference,
+                               logit_tolerance(reference, PARITY_ATOL, PARITY_RTOL), "PyTorch", strict_top1=True)
     return ExportResult(path=path, opset=opset, img_size=preprocess.img_size, parity=parity)
 
 
@@ -208,6 +214,46 @@ def trace_to_onnx(model, img_size: int, opset: int):
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
         )
     return onnx.load_from_string(buffer.getvalue())
+
+
+def embed_normalization(proto, preprocess: PreprocessConfig):
+    """The graph with ``(x / 255 - mean) / std`` in front, as one Mul and one Add per channel: its ``images`` input
+    is then RGB 0..255 float. DeepStream's nvinfer scales every channel by one scalar (``net-scale-factor``), so
+    a per-channel std only fits there inside the model."""
+    onnx = optional_import("onnx", "onnx", "ONNX export")
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    source = graph.input[0].name
+    normalized = f"{source}_normalized"
+    for node in graph.node:
+        node.input[:] = [normalized if name == source else name for name in node.input]
+    mean, std = np.asarray(preprocess.mean, np.float32), np.asarray(preprocess.std, np.float32)
+    scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1)
+    shift = (-mean / std).reshape(1, 3, 1, 1).astype(np.float32)
+    graph.initializer.extend([numpy_helper.from_array(scale.astype(np.float32), "embedded_preprocess_scale"),
+                              numpy_helper.from_array(shift, "embedded_preprocess_shift")])
+    nodes = [helper.make_node("Mul", [source, "embedded_preprocess_scale"], ["embedded_preprocess_scaled"],
+                              name="/embedded_preprocess/Mul"),
+             helper.make_node("Add", ["embedded_preprocess_scaled", "embedded_preprocess_shift"], [normalized],
+                              name="/embedded_preprocess/Add")]
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + existing)
+    return onnx.shape_inference.infer_shapes(proto)
+
+
+def raw_pixel_preprocess(preprocess: PreprocessConfig) -> PreprocessConfig:
+    """The preprocessing that feeds a graph with embedded normalisation: the same resize and crop, then
+    ``(x - 0) / (1 / 255)``, i.e. RGB 0..255; every fgcli runtime and the calibration set follow it unchanged."""
+    return PreprocessConfig(preprocess.img_size, preprocess.resize_size, (0.0, 0.0, 0.0), (1 / 255,) * 3)
+
+
+def denormalize(images: np.ndarray, preprocess: PreprocessConfig) -> np.ndarray:
+    """Normalised images back to RGB 0..255 floats: the inputs of an embedded-normalisation graph."""
+    mean = np.asarray(preprocess.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(preprocess.std, np.float32).reshape(1, 3, 1, 1)
+    return ((images * std + mean) * 255.0).astype(np.float32)
 
 
 def simplify_onnx(proto):

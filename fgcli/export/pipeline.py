@@ -45,6 +45,12 @@ class ExportOptions:
     @property
     def auto_precision(self) -> bool:
         return self.target_agreement is not None or self.max_drop is not None
+    embed_preprocess: bool = False  # mean / std inside the ONNX graph: input RGB 0..255 (DeepStream)
+    deepstream: bool = False  # config_infer_<name>.txt + labels_<name>.txt beside the model
+    deepstream_mode: str = "secondary"
+    deepstream_threshold: float = 0.0
+    deepstream_calib_cache: str | None = None  # implicit INT8: the FP32 ONNX + a TensorRT calibration cache
+    triton_repo: str | None = None  # a Triton model repository to write the model into
 
 
 @dataclass
@@ -67,6 +73,10 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
         raise FgcliError(f"unknown --int8-backend '{opts.int8_backend}'", hint=f"use one of: {', '.join(INT8_BACKENDS)}")
     if opts.trt and opts.int8 and opts.int8_backend == "ort":
         raise FgcliError("TensorRT INT8 builds from the modelopt Q/DQ model", hint="use --int8-backend modelopt or both")
+    if opts.deepstream_mode not in ("primary", "secondary"):
+        raise FgcliError(f"unknown --deepstream-mode '{opts.deepstream_mode}'", hint="use primary or secondary")
+    if opts.deepstream_calib_cache and not opts.deepstream:
+        raise FgcliError("--deepstream-calib-cache is for the DeepStream config", hint="add --deepstream")
     if opts.int8 and not (opts.calib_data or opts.check_data):
         raise FgcliError("--int8 needs calibration images", hint="pass --calib-data DATASET (its train split is sampled)")
     if opts.auto_precision:
@@ -78,13 +88,21 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
     out = Path(opts.out_dir)
     summary = ExportSummary(out)
     ckpt = load_checkpoint(checkpoint)
+    if opts.deepstream and not opts.embed_preprocess:
+        from fgcli.export.deepstream import preprocess_to_nvinfer
+
+        preprocess_to_nvinfer(ckpt["preprocess"])  # refuses a per-channel std before any export work
 
     step("exporting ONNX")
     check_images = _check_images(ckpt, opts)
     onnx_result = _timed(lambda: export_onnx(ckpt, out, opset=opts.opset, img_size=opts.img_size,
-                                             check_images=check_images))
+                                             check_images=check_images, embed_preprocess=opts.embed_preprocess))
     summary.artifacts["onnx-fp32"] = _describe(onnx_result)
     onnx_path = onnx_result[0].path
+    if opts.embed_preprocess and check_images is not None:  # later checks feed the graph its 0..255 input
+        from fgcli.export.onnx import denormalize, export_preprocess
+
+        check_images = denormalize(check_images, export_preprocess(ckpt, opts.img_size))
     if opts.fp16:
         step("converting to FP16")
         summary.artifacts["onnx-fp16"] = _describe(_timed(lambda: export_fp16(onnx_path, check_images=check_images)))
@@ -94,7 +112,41 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
     if opts.trt:
         _build_engines(summary, opts, step)
         write_json_atomic(out / "export.json", summary.to_dict())
+    if opts.deepstream or opts.triton_repo:
+        _write_serving_configs(summary, opts, step)
+        write_json_atomic(out / "export.json", summary.to_dict())
     return summary
+
+
+def _write_serving_configs(summary: ExportSummary, opts: ExportOptions, step) -> None:
+    """DeepStream's nvinfer config and / or a Triton model repository for the deployed model: the engine when
+    one was built, else the ONNX TensorRT would build it from (Q/DQ INT8, else FP16, else FP32)."""
+    from fgcli.export.onnx import read_onnx_metadata
+
+    engine = next((info for key, info in summary.artifacts.items() if key.startswith("engine-")), None)
+    if opts.deepstream_calib_cache:  # implicit INT8: TensorRT calibrates the float32 graph itself
+        onnx_path, precision = Path(summary.artifacts["onnx-fp32"]["path"]), "int8"
+    else:
+        onnx_path = _engine_source(summary)
+        precision = read_onnx_metadata(onnx_path)["precision"]
+    if opts.deepstream:
+        from fgcli.export.deepstream import write_deepstream_config
+
+        step("writing the DeepStream nvinfer config")
+        files = write_deepstream_config(
+            onnx_path, engine_path=engine["path"] if engine else None, precision=precision,
+            batch_size=opts.batch[1], process_mode=opts.deepstream_mode,
+            classifier_threshold=opts.deepstream_threshold, int8_calib_file=opts.deepstream_calib_cache)
+        summary.artifacts["deepstream"] = {"path": str(files.config), "labels": str(files.labels),
+                                           "precision": precision}
+    if opts.triton_repo:
+        from fgcli.export.triton import write_triton_repository
+
+        step(f"writing the Triton model repository {opts.triton_repo}")
+        served_onnx = onnx_path if engine else Path(summary.artifacts["onnx-fp32"]["path"])  # ORT serves FP32
+        config = write_triton_repository(opts.triton_repo, served_onnx, engine_path=engine["path"] if engine else None,
+                                         max_batch_size=opts.batch[2])
+        summary.artifacts["triton"] = {"path": str(config), "platform": "tensorrt_plan" if engine else "onnxruntime_onnx"}
 
 
 def _check_images(ckpt: dict, opts: ExportOptions):

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgcli.errors import FgcliError
-from fgcli.models.backbones import ResNetBackbone
+from fgcli.models.backbones import build_backbone
 from fgcli.models.base import FGVCModel
 from fgcli.models.registry import register_model
 from fgcli.models.ssanet import attend, attention_received, query_key_attention
@@ -136,7 +136,7 @@ class CLAN(FGVCModel):
         unknown = [s for s in self.mid_stages if s not in MID_STAGES]
         if not self.mid_stages or unknown or len(set(self.mid_stages)) != len(self.mid_stages):
             raise FgcliError(f"bad CLAN mid_stages {list(self.mid_stages)}", hint=f"distinct stages among: {', '.join(MID_STAGES)}")
-        self.backbone = ResNetBackbone(backbone, pretrained=pretrained, weights=weights)
+        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights)
         channels, strides = self.backbone.channels, self.backbone.strides
         top_channels = channels["layer4"]
         self.context = nn.ModuleDict({

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgcli.errors import FgcliError
-from fgcli.models.backbones import ResNetBackbone
+from fgcli.models.backbones import build_backbone
 from fgcli.models.base import FGVCModel
 from fgcli.models.registry import register_model
 
@@ -109,7 +109,7 @@ class GCAMCSA(FGVCModel):
         super().__init__(num_classes)
         self.kl_weight = kl_weight
         self.max_logit_quirk = max_logit_quirk
-        self.backbone = ResNetBackbone(backbone, pretrained=pretrained, weights=weights)
+        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights)
         channels = self.backbone.channels["layer4"]
         self.attention = ChannelSpatialAttention(channels, reduction)
         self.classifier = bn_elu_head(channels, hidden, num_classes)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgcli.errors import FgcliError
-from fgcli.models.backbones import STAGES, ResNetBackbone
+from fgcli.models.backbones import STAGES, build_backbone
 from fgcli.models.base import FGVCModel
 from fgcli.models.registry import register_model
 
@@ -117,7 +117,7 @@ class SSANet(FGVCModel):
         self.primary_stage = primary_stage
         self.test_heads = test_heads
         self.ssa_weight, self.primary_weight, self.distill_weight = ssa_weight, primary_weight, distill_weight
-        self.backbone = ResNetBackbone(backbone, pretrained=pretrained, weights=weights)
+        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights)
         top_channels = self.backbone.channels["layer4"]
         self.ssa = SpatialSelfAttention(top_channels, reduction, gamma_init)
         self.ssa_classifier = nn.Linear(top_channels, num_classes)

@@ -34,6 +34,8 @@ Departures and choices [inf]:
   and both nets see the same normalised image.
 * ``pretrained`` initialises the master and the attention ResNet-18 from ImageNet (as the code does);
   ``weights`` (a local file) applies to the master only. Without ``pretrained`` the attention net is random.
+  ``attention_backbone`` (default ``resnet18``) swaps the attention net's backbone: another torchvision ResNet
+  with the same two strides removed, or a timm CNN dilated to output stride 8 (both give 28x28 maps at 224).
 * The detail channel is drawn uniformly from all c channels; the code draws among channels whose total sums are
   distinct, and its structure map drops duplicate-sum channels (with real features all sums differ, so both masks
   are no-ops). The multi-dilation convs use MXNet's MSRAPrelu init (Kaiming normal, a = 0.25), zero bias.
@@ -58,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgcli.errors import FgcliError
-from fgcli.models.backbones import ResNetBackbone
+from fgcli.models.backbones import RESNETS, ResNetBackbone, TimmBackbone, build_backbone
 from fgcli.models.base import FGVCModel
 from fgcli.models.registry import register_model
 from fgcli.models.tasn_sampler import attention_sample
@@ -97,12 +99,16 @@ class MultiDilationConv(nn.Module):
         return sum(F.relu(F.conv2d(x, self.weight, self.bias, padding=d, dilation=d)) for d in self.dilations)
 
 
-def attention_resnet18(pretrained: bool) -> ResNetBackbone:
-    """ResNet-18 where only stage 3 downsamples after the stem (total stride 8: 224 -> 28); weights load unchanged."""
-    body = ResNetBackbone("resnet18", pretrained=pretrained)
+def attention_body(name: str, pretrained: bool) -> nn.Module:
+    """The attention net's backbone at total stride 8 (224 -> 28). A torchvision ResNet: layer2 and layer4 stop
+    downsampling (the code's ResNet-18; weights load unchanged). A timm CNN: its last stages dilated instead."""
+    if name not in RESNETS:
+        return TimmBackbone(name, pretrained=pretrained, output_stride=8)
+    body = ResNetBackbone(name, pretrained=pretrained)
     for stage in ("layer2", "layer4"):
         block = getattr(body, stage)[0]
-        block.conv1.stride = (1, 1)
+        for conv in (block.conv1, block.conv2):  # BasicBlock downsamples in conv1, Bottleneck in conv2
+            conv.stride = (1, 1)
         block.downsample[0].stride = (1, 1)
     body.strides = {"layer1": 4, "layer2": 4, "layer3": 8, "layer4": 8}
     return body
@@ -111,9 +117,9 @@ def attention_resnet18(pretrained: bool) -> ResNetBackbone:
 class AttentionNet(nn.Module):
     """TASN's attention net: stride-8 ResNet-18, multi-dilation head, and a CE classifier used in training only."""
 
-    def __init__(self, num_classes: int, pretrained: bool = False):
+    def __init__(self, num_classes: int, pretrained: bool = False, backbone: str = "resnet18"):
         super().__init__()
-        self.body = attention_resnet18(pretrained)
+        self.body = attention_body(backbone, pretrained)
         channels = self.body.channels["layer4"]
         self.conv1 = MultiDilationConv(channels, (1, 2))
         self.conv2 = MultiDilationConv(channels, (1, 2, 3))
@@ -178,6 +184,7 @@ class TASN(FGVCModel):
         backbone: str = "resnet50",
         pretrained: bool = False,
         weights: str | None = None,
+        attention_backbone: str = "resnet18",
         sampled_ratio: float = PAPER_RATIO,
         attention_ratio: float = PAPER_RATIO,
         softmax_scale: float = 7.0,
@@ -192,8 +199,8 @@ class TASN(FGVCModel):
             raise FgcliError(f"unknown distill style '{distill}'", hint=f"choose one of: {', '.join(DISTILL_STYLES)}")
         if test_head not in TEST_HEADS:
             raise FgcliError(f"unknown test head '{test_head}'", hint=f"choose one of: {', '.join(TEST_HEADS)}")
-        self.backbone = ResNetBackbone(backbone, pretrained=pretrained, weights=weights)
-        self.attention_net = AttentionNet(num_classes, pretrained=pretrained)
+        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights)
+        self.attention_net = AttentionNet(num_classes, pretrained=pretrained, backbone=attention_backbone)
         channels = self.backbone.channels["layer4"]
         self.part_fc = nn.Linear(channels, num_classes)
         self.master_fc = nn.Linear(channels, num_classes)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgcli.errors import FgcliError
-from fgcli.models.backbones import ResNetBackbone
+from fgcli.models.backbones import build_backbone
 from fgcli.models.base import FGVCModel
 from fgcli.models.gcam_csa import bn_elu_head
 from fgcli.models.registry import register_model
@@ -123,7 +123,7 @@ class TDSA(FGVCModel):
             "mc_dis_mid": dis_mid_weight, "mc_div_mid": div_mid_weight,
             "mc_dis_high": dis_high_weight, "mc_div_high": div_high_weight,
         }
-        self.backbone = ResNetBackbone(backbone, pretrained=pretrained, weights=weights)
+        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights)
         channels = self.backbone.channels
         self.mid_aligned = class_aligned(channels["layer3"], num_classes * mid_per_class)
         self.high_aligned = class_aligned(channels["layer4"], num_classes * high_per_class)
