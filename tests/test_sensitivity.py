@@ -151,6 +151,32 @@ def test_greedy_keeps_the_fragile_conv_float_and_stops_as_soon_as_the_target_is_
     assert easy.met and len(easy.steps) == 1 and easy.chosen.float_nodes == []
 
 
+def test_an_unreachable_target_keeps_the_step_closest_to_fp32_and_never_floats_everything(fragile_onnx, calib,
+                                                                                          tmp_path, sensitivity):
+    """Without the fragile conv among the candidates no step meets 100 %: the best step is kept, not the last; with
+    every measured node a candidate (fragile last), the loop stops before a model with nothing quantized."""
+    from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes
+    from fgcli.calibration import quantized_nodes
+    import onnx
+
+    builder = Int8Builder(fragile_onnx, "ort", calib, tmp_path)
+    images = _images(64, 2)
+    without_fragile = [name for name in sensitivity.ranked_names if name != FRAGILE]
+    choice, result = choose_float_nodes(builder, without_fragile, tmp_path / "auto.onnx", images,
+                                        target_agreement=1.0, timing_iterations=1)
+    agreements = [step.error.agreement for step in choice.steps]
+    assert not choice.met and len(choice.steps) == len(without_fragile) + 1
+    assert choice.chosen.error.agreement == max(agreements)
+    assert choice.to_dict()["chosen_step"] == agreements.index(max(agreements))
+    _, written = quantized_nodes(onnx.load(str(result.output_path)))
+    assert set(written).isdisjoint(choice.chosen.float_nodes) and FRAGILE in written
+
+    everything, _ = choose_float_nodes(builder, without_fragile + [FRAGILE], tmp_path / "all.onnx", images,
+                                       target_agreement=1.0, timing_iterations=1)
+    # the step with all of them float would quantize nothing: it is never built
+    assert [len(step.float_nodes) for step in everything.steps] == list(range(len(without_fragile) + 1))
+
+
 def test_a_target_above_one_or_no_target_is_a_clear_error(fragile_onnx, calib, tmp_path):
     from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes
 

@@ -275,14 +275,16 @@ class PrecisionChoice:
     fp32_top1: float | None
     steps: list[PrecisionStep] = field(default_factory=list)
     met: bool = False
+    chosen_step: int = -1  # index into steps: the last one, or the closest to FP32 when the target was not met
 
     @property
     def chosen(self) -> PrecisionStep:
-        return self.steps[-1]
+        return self.steps[self.chosen_step]
 
     def to_dict(self) -> dict:
         return {"target_agreement": self.target_agreement, "max_drop": self.max_drop, "fp32_top1": self.fp32_top1,
-                "met": self.met, "float_nodes": self.chosen.float_nodes, "agreement": self.chosen.error.agreement,
+                "met": self.met, "chosen_step": range(len(self.steps))[self.chosen_step],
+                "float_nodes": self.chosen.float_nodes, "agreement": self.chosen.error.agreement,
                 "steps": [{"float_nodes": len(s.float_nodes), "added": s.float_nodes[-1] if s.float_nodes else None,
                            **asdict(s.error), "latency_ms": s.latency_ms, "speedup": s.speedup} for s in self.steps]}
 
@@ -317,10 +319,13 @@ def choose_float_nodes(builder: Int8Builder, ranked: list[str] | Callable[[], li
                        step_done: Callable[[PrecisionStep], None] | None = None) -> tuple[PrecisionChoice, QuantResult]:
     """Keep ``ranked`` nodes (most sensitive first) in float one at a time from full INT8 until the target is met.
 
-    Stops at the first step that meets it (or when every ranked node is float: ``met`` False). ``ranked`` may be
-    a function, called only when full INT8 misses the target (the measurement is the expensive part). The model
-    of the chosen step is written to ``out_path``. ``step_done`` sees each step as it is measured.
+    Stops at the first step that meets it. When no step does (``met`` False: every ranked node float, or the next
+    step would leave nothing quantized), the step closest to FP32 is chosen (highest agreement, then top-1), not
+    the last one. ``ranked`` may be a function, called only when full INT8 misses the target (the measurement is
+    the expensive part). The model of the chosen step is written to ``out_path``. ``step_done`` sees each step as
+    it is measured.
     """
+    from fgcli.calibration import NothingQuantizedError
     from fgcli.runtime.onnx_runner import OnnxRunner
     from fgcli.report.timing import time_interleaved
 
@@ -332,7 +337,10 @@ def choose_float_nodes(builder: Int8Builder, ranked: list[str] | Callable[[], li
     with OnnxRunner(builder.onnx_path, device="cpu", spin_wait=False) as fp32_runner:
         count, nodes = 0, []
         while True:
-            result = builder.build(out_path, extra_float=nodes[:count])
+            try:
+                result = builder.build(out_path, extra_float=nodes[:count])
+            except NothingQuantizedError:  # every quantizable node is float now: that is FP32, not a choice
+                break
             error = output_error(reference, validation_logits(result.output_path, images), labels)
             with OnnxRunner(result.output_path, device="cpu", spin_wait=False) as runner:
                 timings = time_interleaved({"fp32": fp32_runner, "int8": runner}, timing_images, [1],
@@ -350,6 +358,11 @@ def choose_float_nodes(builder: Int8Builder, ranked: list[str] | Callable[[], li
             if count == len(nodes):
                 break
             count += 1
+    if not choice.met:
+        choice.chosen_step = max(range(len(choice.steps)), key=lambda i: (
+            choice.steps[i].error.agreement, -1.0 if choice.steps[i].error.top1 is None else choice.steps[i].error.top1))
+        if choice.chosen_step != len(choice.steps) - 1:
+            result = builder.build(out_path, extra_float=choice.chosen.float_nodes)
     return choice, result
 
 

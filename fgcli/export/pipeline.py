@@ -239,8 +239,10 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
         summary.artifacts[key] = {**result.to_dict(), "auto_precision": choice.to_dict(),
                                   "sensitivity": measured[0].to_dict() if measured else None}
         if not choice.met:
-            summary.notes.append(f"{backend}: the target was not met even with all {len(measured[0].nodes)} "
-                                 f"measured nodes in float (agreement {choice.chosen.error.agreement:.1%})")
+            summary.notes.append(f"{backend}: the target was not met with up to {len(choice.steps[-1].float_nodes)} "
+                                 f"of the {len(measured[0].nodes)} measured nodes in float; kept the closest step: "
+                                 f"{len(choice.chosen.float_nodes)} float nodes, agreement "
+                                 f"{choice.chosen.error.agreement:.1%} (lower the target, or fine-tune)")
     # the FP32 model carries the choice too, so quantizing it again (fgcli export, quantize_ort / _modelopt)
     # keeps those nodes float without measuring again
     update_metadata(onnx_path, auto_float_nodes=list(dict.fromkeys(chosen)))
