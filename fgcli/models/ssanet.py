@@ -7,7 +7,7 @@ Image Representation 81 (2021) 103368 (no arXiv version, no public code).
 Only the abstract was available. It fixes three things: an end-to-end single-step network, an SSA module that
 encodes context into local features, and a Self-AD that distils from the SSA output to a "primary feature map",
 with the classification losses of the two modules summed. Everything else is reconstructed [inf]
-(see /work/shared/methods/ssanet.md):
+(see shared/methods/ssanet.md):
 
 * [inf] SSA = DANet position attention (Fu et al., CVPR 2019) on the layer4 map P:
   ``Q, K = 1x1 convs to C/reduction`` (reduction 8), ``V = 1x1 conv to C``,

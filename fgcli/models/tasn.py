@@ -1,7 +1,7 @@
 """TASN: Trilinear Attention Sampling Network (Zheng, Fu, Zha, Luo, CVPR 2019, arXiv 1903.06150).
 
 Follows the official MXNet code (github researchmm/tasn, ``tasn-mxnet/example/tasn/model.py`` and the
-``AttSampler`` op); notes in /work/shared/methods/tasn.md.
+``AttSampler`` op); notes in shared/methods/tasn.md.
 
 * Attention net: ResNet-18 whose stage 2 and 4 do not downsample (stride 8 overall), then the multi-dilation head:
   one 3x3 conv (with bias) applied at dilations 1, 2 (ReLU each, summed), another at dilations 1, 2, 3. Its own
