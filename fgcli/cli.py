@@ -172,7 +172,7 @@ def _print_check_report(report) -> None:
 # --------------------------------------------------------------------------- train
 @app.command()
 def train(
-    method: str = typer.Option("baseline", "--method", "-m", help="Registry name: fgcli models lists them."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Registry name: fgcli models lists them. Default baseline (with --qat: the --weights run's)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder (CUB, Stanford Cars, FGVC-Aircraft or class folders)."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: last.pt, best.pt, metrics.jsonl."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="paper (the paper's settings) or small (CPU demo)."),
@@ -199,15 +199,19 @@ def train(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (and list them) instead of stopping."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files into OUT (loss terms, learning rates, accuracy, images/s; attention maps): tensorboard --logdir OUT. Needs pip install 'fgcli[tensorboard]'."),
     tensorboard_every: int = typer.Option(5, "--tensorboard-every", min=1, max=10000, help="Epochs between the attention-map images (the last epoch always has them)."),
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware training: fine-tune the fgcli checkpoint in --weights with INT8 quantizers (modelopt, pip install 'fgcli[quant]'). Takes its method, backbone and preprocessing; defaults: a tenth of its epochs at 1/100 of its lr. fgcli export then writes a Q/DQ model.qat.onnx that TensorRT builds as INT8."),
+    qat_calib_size: int = typer.Option(256, "--qat-calib-size", min=1, max=1_000_000, help="With --qat: train images the quantizer ranges are calibrated on first."),
 ) -> None:
     """Train a method. Multi-GPU / multi-node: torchrun --nproc_per_node N -m fgcli train ...
 
     An OUT that holds a run is never trained into silently: --resume continues it, --overwrite replaces it. Two runs into one OUT at once are refused (OUT/.fgcli.lock names the running one). Ctrl-C saves OUT/interrupted.pt and exits with code 130.
+
+    INT8 that keeps its accuracy: fgcli train --qat --weights RUN/best.pt --data DATA --out RUN-qat
     """
     from fgcli.engine.config import resolve_config
 
-    if attention_backbone and method != "tasn":
-        raise FgcliError(f"--attention-backbone is a TASN option; {method} has one backbone",
+    if attention_backbone and method not in ("tasn", None if qat else "tasn"):
+        raise FgcliError(f"--attention-backbone is a TASN option; {method or 'baseline'} has one backbone",
                          hint="drop --attention-backbone, or pass --method tasn")
     cfg = resolve_config({
         "method": method, "data": str(data), "out": str(out), "recipe": recipe, "layout": dataset,
@@ -219,6 +223,7 @@ def train(
         "skip_bad": skip_bad or None,
         "model_kwargs": {"attention_backbone": attention_backbone} if attention_backbone else None,
         "tensorboard": tensorboard or None, "tensorboard_every": tensorboard_every,
+        "qat": qat or None, "qat_calib_size": qat_calib_size,
     })
     run_training(cfg)
 
@@ -447,7 +452,8 @@ def _print_export_summary(summary) -> None:
     for key, info in summary.artifacts.items():
         path = info.get("path") or info.get("output_path")
         if "max_abs_diff" in info:
-            check = f"max |diff| {info['max_abs_diff']:.2e}, top-1 agreement {info['top1_agreement']:.3f} on {info['n_images']} images"
+            rms = f"RMS |diff| {info['rms_diff']:.2e} against the fake-quantized model, " if info.get("metric") == "rms" else ""
+            check = f"{rms}max |diff| {info['max_abs_diff']:.2e}, top-1 agreement {info['top1_agreement']:.3f} on {info['n_images']} images"
         elif "quantized_counts" in info:
             counts = ", ".join(f"{n} {op}" for op, n in sorted(info["quantized_counts"].items()))
             check = f"{info['calibration_images']} calibration images ({info['calib_method']}); quantized: {counts}"
@@ -614,16 +620,18 @@ def report(
     cam_images: int = typer.Option(4, "--cam-images", min=0, help="Test images drawn in OUT/report_cam.png: occlusion maps of FP32 next to every INT8 / FP16 variant (0: none)."),
     compare: bool = typer.Option(False, "--compare", help="Put report.json files from several machines or methods into one table and plot (compare.md / .json / .png)."),
     target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="Also report INT8 with measured mixed precision (onnx-int8-modelopt-auto, onnx-int8-ort-auto): nodes kept float until this agreement with FP32, e.g. 0.99 (as fgcli export --target-agreement)."),
+    qat: Optional[Path] = typer.Option(None, "--qat", help="Also report onnx-int8-qat: the Q/DQ ONNX of this QAT run (fgcli train --qat --weights SOURCE), next to SOURCE's post-training INT8. A QAT checkpoint given as SOURCE is reported against the FP32 run it came from."),
 ) -> None:
     """Accuracy and speed of every variant of a model on this machine, side by side, in one run.
 
-    Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort (with --target-agreement also their -auto mixed-precision variants), trt-fp32 / -fp16 / -int8. From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint). TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
+    Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort (with --target-agreement also their -auto mixed-precision variants, with --qat onnx-int8-qat), trt-fp32 / -fp16 / -int8. From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint). TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
 
     Per variant: file size, top-1 / top-5, change and agreement against FP32, the classes that lost most, latency p50 / p90 / p99 at batch 1, throughput per batch size, build / calibration time. Timing is interleaved across variants, so the ratios to FP32 hold on a busy machine.
 
     Writes OUT/report.md (table), OUT/report.json (schema fgcli.report/1), OUT/report.png (plots) and OUT/report_cam.png (where FP32 and the quantized variants look, on a few test images).
 
     fgcli report runs/base/best.pt --data data/synth
+    fgcli report runs/base/best.pt --data data/synth --target-agreement 0.99 --qat runs/base-qat/best.pt
     fgcli report export/ --data data/synth --device cuda      (a copied export folder, e.g. on a Jetson)
     fgcli report --compare ws/report.json orin/report.json --out compare/
     """
@@ -639,7 +647,7 @@ def report(
     source = sources[0]
     _report(source, data, out or (source.parent if source.is_file() else source) / "report", formats=formats,
             batch_sizes=batch_sizes, device=device, iterations=iterations, warmup=warmup, calib_size=calib_size,
-            split=split, layout=dataset, cam_images=cam_images, target_agreement=target_agreement)
+            split=split, layout=dataset, cam_images=cam_images, target_agreement=target_agreement, qat=qat)
 
 
 def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:

@@ -20,7 +20,7 @@ from fgcli.engine.evaluate import EvalResult
 from fgcli.errors import FgcliError
 from fgcli.report import SCHEMA, VARIANT_NAMES, ReportHooks, build_report, write_report
 from fgcli.report.core import agreement, worst_classes
-from fgcli.report.variants import AUTO_VARIANTS
+from fgcli.report.variants import AUTO_VARIANTS, QAT_VARIANT
 from fgcli.report.timing import time_interleaved, timed_calls
 from fgcli.runtime.doctor import LABELS
 
@@ -88,7 +88,7 @@ def test_report_writes_the_three_files_with_every_column_and_only_finite_numbers
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = strict_json(out / "report.json")
     assert saved["schema"] == SCHEMA and saved["reference"] == "torch-fp32"
-    assert [v["name"] for v in saved["variants"]] == [n for n in VARIANT_NAMES if n not in AUTO_VARIANTS]
+    assert [v["name"] for v in saved["variants"]] == [n for n in VARIANT_NAMES if n not in (*AUTO_VARIANTS, QAT_VARIANT)]
     assert list(saved["environment"]) == list(LABELS)
     assert saved["model"] == {"method": "baseline", "backbone": "resnet18", "classes": 3, "img_size": 32}
     assert saved["dataset"]["images"] == 12 and saved["batch_sizes"] == [1, 2]

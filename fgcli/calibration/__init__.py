@@ -59,10 +59,13 @@ def quantized_nodes(model) -> tuple[dict[str, int], list[str]]:
     """Which compute nodes of a Q/DQ ONNX ``ModelProto`` run quantized (fed by a DequantizeLinear):
     counts by op type, and their names. A Conv / Gemm / MatMul counts when both its input and its weight are
     dequantized, not by its bias: the simplifier shares identical initializers (e.g. zero biases), so a float
-    layer may share a quantized bias, and a layer kept float still reads its quantized neighbour's output."""
+    layer may share a quantized bias, and a layer kept float still reads its quantized neighbour's output.
+    Layout ops pass a dequantized tensor on: a QAT Linear exports as DequantizeLinear -> Transpose -> MatMul."""
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     names, counts = [], Counter()
-    for node in model.graph.node:
+    for node in model.graph.node:  # topological order
+        if node.op_type in LAYOUT_OP_TYPES and dequantized.intersection(node.input):
+            dequantized.update(node.output)
         weighted = node.op_type in WEIGHTED_OP_TYPES
         fed = [name in dequantized for name in (node.input[:2] if weighted else node.input)]
         if node.op_type not in QDQ_OP_TYPES and fed and (all(fed) if weighted else any(fed)):

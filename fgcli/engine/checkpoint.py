@@ -72,12 +72,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike = "the checkpoint"):
-    """Rebuild the model a checkpoint describes, load its weights, and return it in eval mode."""
+    """Rebuild the model a checkpoint describes (with its INT8 quantizers for a QAT run), load its weights, and
+    return it in eval mode."""
     from fgcli.models import create_model
 
     method = ckpt["method"]
     try:
         model = create_model(method, ckpt["num_classes"], backbone=ckpt["backbone"], **ckpt.get("model_kwargs", {}))
+        if ckpt.get("qat"):  # a fgcli train --qat run: its fake INT8 quantizers first, their ranges are weights
+            from fgcli.engine.qat import restore_quantizers
+
+            model = restore_quantizers(model, ckpt["qat"])
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:  # options, keys or shapes this model no longer has
         first_lines = " ".join(str(exc).split())[:300]

@@ -1,7 +1,8 @@
 """Training configuration: typed defaults, per-method recipes, and command-line overrides.
 
 Precedence (lowest to highest): ``TrainConfig`` defaults, the recipe (``--recipe paper|small``,
-from ``fgcli/recipes/<method>.json``), then every option given explicitly on the command line.
+from ``fgcli/recipes/<method>.json``), for ``--qat`` the settings of the run it fine-tunes
+(``fgcli.engine.qat.qat_defaults``), then every option given explicitly on the command line.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     tensorboard: bool = False  # TensorBoard event files in the run folder
     tensorboard_every: int = 5  # epochs between attention-map images
+    qat: bool = False  # quantization-aware fine-tuning of the fgcli checkpoint in ``weights`` (fgcli.engine.qat)
+    qat_calib_size: int = 256  # train images the INT8 quantizers are calibrated on before QAT starts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +107,14 @@ class TrainConfig:
             raise FgcliError("--epochs and --batch-size must be at least 1")
         if not self.lr > 0:
             raise FgcliError(f"--lr {self.lr} is not a learning rate", hint="use a positive value, e.g. --lr 0.01")
+        if self.qat and not self.weights:
+            raise FgcliError("--qat fine-tunes a trained run with INT8 quantizers, and needs it",
+                             hint="pass --weights RUN/best.pt (an fgcli checkpoint)")
+        if self.qat and self.pretrained:
+            raise FgcliError("--qat starts from the run in --weights, not from ImageNet weights",
+                             hint="drop --pretrained")
+        if self.qat_calib_size < 1:
+            raise FgcliError(f"--qat-calib-size {self.qat_calib_size} must be at least 1")
         if self.resume and self.overwrite:
             raise FgcliError("--resume and --overwrite contradict each other",
                              hint="--resume continues the run in --out; --overwrite starts a new one there")
@@ -127,6 +138,10 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     values: dict[str, Any] = {}
     if given.get("recipe"):
         values.update(load_recipe(given.get("method", "baseline"), given["recipe"]))
+    if given.get("qat") and given.get("weights"):  # QAT: the trained run's settings, then a short low-rate schedule
+        from fgcli.engine.qat import qat_defaults
+
+        values.update(qat_defaults(given["weights"]))
     values.update(given)
     config = TrainConfig.from_dict(values)
     config.validate()

@@ -29,7 +29,7 @@ from fgcli.data.preprocess import PreprocessConfig
 from fgcli.data.torch_dataset import ImageDataset, collate_with_bad
 from fgcli.data.transforms import eval_transform, train_transform
 from fgcli.engine import distributed as dist_utils
-from fgcli.engine.checkpoint import load_checkpoint, save_checkpoint
+from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fgcli.engine.config import TrainConfig
 from fgcli.engine.metrics import ClassificationMetrics
 from fgcli.engine.run_folder import RUN_FILES, check_run_folder, run_lock
@@ -95,10 +95,10 @@ class Trainer:
             raise DataError(f"the {cfg.train_split} and {cfg.val_split} splits of {cfg.data} list different classes")
         self.class_names = list(self.train_split.class_names)
         seed_everything(cfg.seed)
-        self.model = create_model(
-            cfg.method, len(self.class_names), backbone=cfg.backbone,
-            pretrained=cfg.pretrained, weights=cfg.weights, **cfg.model_kwargs,
-        ).to(self.device)
+        self.bad_images: dict[str, str] = {}
+        resume_ckpt = self._read_resume_checkpoint() if cfg.resume else None
+        self.qat_calibration_images = 0
+        self.model = self._build_model(resume_ckpt)
         self.backbone_name = self.model.backbone.name
         self.optimizer = torch.optim.SGD(
             self.model.param_groups(cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay),
@@ -114,15 +114,46 @@ class Trainer:
         )
         self.start_epoch = 0
         self.best_top1 = -1.0
-        self.bad_images: dict[str, str] = {}
         self.preview_images: torch.Tensor | None = None  # the first validation images, for attention maps
         self.ddp_model = self.model
-        if cfg.resume:
-            self._load_resume_state()
+        if resume_ckpt is not None:
+            self._load_resume_state(resume_ckpt)
         if self.dist.enabled:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+
+    def _build_model(self, resume_ckpt: dict[str, Any] | None) -> torch.nn.Module:
+        """The model on the device: a new one, or for ``--qat`` the ``--weights`` run with INT8 quantizers
+        calibrated on train images (resuming: with the quantizers of the interrupted run)."""
+        cfg = self.cfg
+        if not cfg.qat:
+            return create_model(cfg.method, len(self.class_names), backbone=cfg.backbone, pretrained=cfg.pretrained,
+                                weights=cfg.weights, **cfg.model_kwargs).to(self.device)
+        from fgcli.engine import qat
+
+        if resume_ckpt is not None:  # its weights are loaded with the rest of its state
+            self.qat_calibration_images = int(resume_ckpt["qat"].get("calibration_images", 0))
+            return model_from_checkpoint(resume_ckpt, self.out / "last.pt").to(self.device)
+        source = load_checkpoint(cfg.weights)
+        qat.check_qat_source(source, cfg.weights, cfg.method, cfg.backbone, self.class_names)
+        model = model_from_checkpoint(source, cfg.weights).to(self.device)
+        count = min(cfg.qat_calib_size, len(self.train_split.samples))
+        self.hook("note", {"message": f"QAT: calibrating the INT8 quantizers of {cfg.weights} on {count} train images"})
+        qat.insert_quantizers(model, lambda: self._calibration_batches(count), self.device)
+        self.qat_calibration_images = count
+        return model
+
+    def _calibration_batches(self, count: int) -> Iterator[torch.Tensor]:
+        """``count`` train images spread evenly over the split (every class shows up), eval-transformed."""
+        dataset = ImageDataset(self.train_split, eval_transform(self.preprocess))
+        picks = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
+        loader = DataLoader(torch.utils.data.Subset(dataset, picks), batch_size=self.cfg.batch_size,
+                            num_workers=self.cfg.workers, collate_fn=collate_with_bad)
+        for images, labels, _, bad in loader:
+            self._check_bad(bad)
+            if len(labels):
+                yield images
 
     # -- data -----------------------------------------------------------------
     def _loader(self, split, transform, shuffle: bool) -> DataLoader:
@@ -183,13 +214,29 @@ class Trainer:
             "train_config": {k: v for k, v in self.cfg.to_dict().items() if k not in ("resume", "overwrite")},
             "metrics": metrics,
             "bad_images": sorted(self.bad_images),
+            **({"qat": self._qat_record()} if self.cfg.qat else {}),
         }
 
-    def _load_resume_state(self) -> None:
+    def _qat_record(self) -> dict[str, Any]:
+        from fgcli.engine.qat import qat_record
+
+        return qat_record(self.model, str(self.cfg.weights), self.qat_calibration_images)
+
+    def _read_resume_checkpoint(self) -> dict[str, Any]:
         path = self.out / "last.pt"
         if not path.is_file():
             raise FgcliError(f"--resume given but {path} does not exist", hint="drop --resume to start a new run")
         ckpt = load_checkpoint(path)
+        if bool(ckpt.get("qat")) != self.cfg.qat:
+            kind = "a QAT run" if ckpt.get("qat") else "not a QAT run"
+            raise FgcliError(f"--resume: {path} is {kind}, and this run was started " +
+                             ("without --qat" if ckpt.get("qat") else "with --qat"),
+                             hint="resume with the options the run was started with (--qat --weights SOURCE for a "
+                                  "QAT run)")
+        return ckpt
+
+    def _load_resume_state(self, ckpt: dict[str, Any]) -> None:
+        path = self.out / "last.pt"
         if ckpt["method"] != self.cfg.method or ckpt["backbone"] != self.backbone_name:
             raise FgcliError(
                 f"--resume: {path} is a {ckpt['method']} run ({ckpt['backbone']}), but this run asks for "
@@ -214,6 +261,10 @@ class Trainer:
     # -- loop -----------------------------------------------------------------
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
+        if self.cfg.qat:
+            from fgcli.engine.qat import freeze_batchnorm_statistics
+
+            freeze_batchnorm_statistics(self.model)
         self._set_epoch(epoch)
         sums: dict[str, float] = defaultdict(float)
         seen = correct = 0

@@ -35,6 +35,15 @@ PARITY_RTOL = 1e-4
 #: wrong cast) errs by the size of the logits themselves, far above 5e-2.
 FP16_RTOL = 5e-2
 PARITY_BATCH = 16
+#: a QAT checkpoint's Q/DQ ONNX against its fake-quantized PyTorch model: RMS logit difference at most this
+#: fraction of the RMS logit. Not the max difference: float rounding moves some activations across an INT8
+#: rounding boundary, one INT8 step, and later layers carry that on, so single logits jump. Measured (64 test
+#: images, rel. RMS / max diff / agreement): a 3-epoch MobileNetV3 baseline, ONNX Runtime 0.098 / 0.90 of a
+#: largest logit of 4.6 / 92 %, the same model in float64 PyTorch 0.035 / 0.43 / 98 %, and with its quantizers off
+#: (FP32) 0.29 / 2.4 / 62 %. A lost quantizer is caught by counting them (``require_quantized``)
+QAT_RMS_RTOL = 0.2
+#: the ONNX file of a QAT checkpoint (``fgcli train --qat``): Q/DQ INT8, beside where model.onnx would be
+QAT_ONNX = "model.qat.onnx"
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,12 @@ class Parity:
     top1_agreement: float  # fraction of images with the same arg-max class
     n_images: int
     tolerance: float
+    rms_diff: float = 0.0  # RMS logit difference
+    metric: str = "max"  # which difference the tolerance bounds: "max" (FP32, FP16) or "rms" (QAT Q/DQ)
+
+    @property
+    def difference(self) -> float:
+        return self.rms_diff if self.metric == "rms" else self.max_abs_diff
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,8 @@ def export_onnx(
     simplify: bool = True,
     embed_preprocess: bool = False,
 ) -> ExportResult:
-    """Export ``checkpoint`` to ``out_dir/model.onnx`` and check it against PyTorch.
+    """Export ``checkpoint`` to ``out_dir/model.onnx`` and check it against PyTorch; a QAT checkpoint
+    (``fgcli train --qat``) exports its quantizers as Q/DQ INT8 to ``out_dir/model.qat.onnx`` instead.
 
     ``img_size`` overrides the checkpoint's crop size (the resize size scales with it); ``check_images``
     is a preprocessed ``(N, 3, S, S)`` float32 batch, generated when None. ``embed_preprocess`` puts the
@@ -79,6 +95,7 @@ def export_onnx(
     if opset < MIN_OPSET:
         raise FgcliError(f"opset {opset} is too old for fgcli models", hint=f"use --opset {MIN_OPSET} or newer")
     ckpt, model = load_eval_model(checkpoint)
+    qat = bool(ckpt.get("qat"))
     preprocess = export_preprocess(ckpt, img_size)
     images = validated_check_images(check_images, preprocess.img_size)
     proto = trace_to_onnx(model, preprocess.img_size, opset)
@@ -89,12 +106,84 @@ def export_onnx(
         graph_preprocess, graph_images = raw_pixel_preprocess(preprocess), denormalize(images, preprocess)
     if simplify:
         proto = simplify_onnx(proto)
+    if qat:
+        proto = store_int8_weights(proto)
     set_onnx_metadata(proto, checkpoint_metadata(ckpt, graph_preprocess, model))
     check_onnx(proto, "the exported graph")
-    path = Path(out_dir) / "model.onnx"
-    parity = save_checked_onnx(proto, path, graph_images, reference,
-                               logit_tolerance(reference, PARITY_ATOL, PARITY_RTOL), "PyTorch", strict_top1=True)
+    if qat:
+        require_quantized(proto, "the checkpoint" if isinstance(checkpoint, dict) else checkpoint, model, images)
+        path, tolerance = Path(out_dir) / QAT_ONNX, QAT_RMS_RTOL * float(np.sqrt(np.mean(reference ** 2)))
+    else:
+        path, tolerance = Path(out_dir) / "model.onnx", logit_tolerance(reference, PARITY_ATOL, PARITY_RTOL)
+    parity = save_checked_onnx(proto, path, graph_images, reference, tolerance,
+                               "the fake-quantized PyTorch model" if qat else "PyTorch", strict_top1=not qat,
+                               metric="rms" if qat else "max")
     return ExportResult(path=path, opset=opset, img_size=preprocess.img_size, parity=parity)
+
+
+def store_int8_weights(proto):
+    """Quantize the graph's constant weights once, at export: each QuantizeLinear of a float initializer becomes
+    the INT8 initializer it would compute, read by its DequantizeLinear. modelopt exports QAT weights as float
+    followed by Q/DQ; stored as INT8 they take a quarter of the space (QuantizeLinear semantics: round half to
+    even, add the zero point, saturate to the int8 range). The graph keeps TensorRT's Q/DQ placement (quantized
+    inputs, BatchNorm after the Conv): ONNX Runtime's CPU kernels do not fuse it, so like modelopt's PTQ model it
+    runs there at about FP32 speed; TensorRT folds the BatchNorm and runs the Conv in INT8."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    initializers = {init.name: init for init in graph.initializer}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    folded, replaced = [], {}
+    for node in graph.node:
+        if (node.op_type != "QuantizeLinear" or len(node.input) < 3
+                or not all(name in initializers for name in node.input[:3])):
+            continue
+        weight, scale, zero_point = (numpy_helper.to_array(initializers[name]) for name in node.input[:3])
+        axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 1)
+        shape = [1] * weight.ndim
+        if scale.ndim == 1 and weight.ndim:
+            shape[axis % weight.ndim] = -1
+        info = np.iinfo(zero_point.dtype)
+        quantized = np.clip(np.rint(weight / scale.reshape(shape)) + zero_point.reshape(shape).astype(np.int64),
+                            info.min, info.max).astype(zero_point.dtype)
+        name = node.output[0]
+        graph.initializer.append(numpy_helper.from_array(quantized, name))
+        folded.append(node)
+        replaced[node.input[0]] = consumers[node.input[0]] == 1
+    for node in folded:
+        graph.node.remove(node)
+    unused = {name for name, only_user in replaced.items() if only_user}
+    kept = [init for init in graph.initializer if init.name not in unused]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return proto
+
+
+def require_quantized(proto, source: str, model, images: np.ndarray) -> None:
+    """Every layer the QAT ``model`` runs quantized at test time (an enabled weight quantizer, called on
+    ``images``) must be a quantized Conv / Gemm / MatMul of the exported graph: a quantizer lost in export would
+    make TensorRT run that layer in float."""
+    import torch
+
+    from fgcli.calibration import WEIGHTED_OP_TYPES, quantized_nodes
+
+    called = set()
+    hooks = [module.register_forward_hook(lambda m, args, out: called.add(id(m))) for module in model.modules()
+             if getattr(getattr(module, "weight_quantizer", None), "is_enabled", False)]
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(images[:1]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    counts, _ = quantized_nodes(proto)
+    exported = sum(n for op_type, n in counts.items() if op_type in WEIGHTED_OP_TYPES)
+    if exported != len(called) or not called:
+        raise FgcliError(f"the ONNX export of the QAT checkpoint {source} quantizes {exported} layers, and the "
+                         f"model {len(called)}", hint="report this with the method, the backbone and the modelopt version")
 
 
 def export_fp16(
@@ -187,12 +276,14 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
 
 
 def checkpoint_metadata(ckpt: dict[str, Any], preprocess: PreprocessConfig, model) -> dict[str, Any]:
-    """The decoded fgcli metadata of an FP32 export of ``ckpt``; the ``model``'s INT8 node choices travel to the
-    quantizers (``FGVCModel.symmetric_int8_nodes`` / ``float_nodes``)."""
+    """The decoded fgcli metadata of the export of ``ckpt`` (FP32, or INT8 for a QAT run); the ``model``'s INT8
+    node choices travel to the quantizers (``FGVCModel.symmetric_int8_nodes`` / ``float_nodes``)."""
+    qat = bool(ckpt.get("qat"))
     return {
         "method": ckpt["method"], "backbone": ckpt["backbone"], "class_names": list(ckpt["class_names"]),
-        "preprocess": preprocess.to_dict(), "version": fgcli.__version__, "precision": "fp32",
+        "preprocess": preprocess.to_dict(), "version": fgcli.__version__, "precision": "int8" if qat else "fp32",
         "symmetric_int8_nodes": model.symmetric_int8_nodes, "float_nodes": model.float_nodes,
+        "quantization": "qat" if qat else None,
     }
 
 
@@ -287,13 +378,14 @@ def logit_tolerance(reference: np.ndarray, atol: float, rtol: float) -> float:
 
 
 def save_checked_onnx(proto, path: Path, images: np.ndarray, reference: np.ndarray, tolerance: float,
-                      reference_name: str, strict_top1: bool) -> Parity:
+                      reference_name: str, strict_top1: bool, metric: str = "max") -> Parity:
     """Write ``proto`` (weights inline) beside ``path``, run it with ONNX Runtime on ``images`` and move it
-    into place only if its logits match ``reference``: a drifting model never lands where later steps look."""
+    into place only if its logits match ``reference`` (``metric``: max or RMS difference within ``tolerance``):
+    a drifting model never lands where later steps look."""
     onnx = optional_import("onnx", "onnx", "ONNX export")
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
-        parity = compare_logits(reference, onnxruntime_logits(tmp, images), tolerance)
+        parity = compare_logits(reference, onnxruntime_logits(tmp, images), tolerance, metric)
         require_parity(parity, path, reference_name, strict_top1)
     return parity
 
@@ -357,24 +449,27 @@ def onnxruntime_logits(path: Path, images: np.ndarray) -> np.ndarray:
         return np.concatenate([runner.run(batch) for batch in _batches(images)])
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> Parity:
+def compare_logits(reference: np.ndarray, candidate: np.ndarray, tolerance: float, metric: str = "max") -> Parity:
     if reference.shape != candidate.shape:
         raise FgcliError(f"logits shapes differ: reference {reference.shape}, exported {candidate.shape}")
+    difference = reference.astype(np.float64) - candidate
     return Parity(
-        max_abs_diff=float(np.abs(reference - candidate).max()),
+        max_abs_diff=float(np.abs(difference).max()),
         top1_agreement=float((reference.argmax(1) == candidate.argmax(1)).mean()),
-        n_images=len(reference), tolerance=float(tolerance),
+        n_images=len(reference), tolerance=float(tolerance), rms_diff=float(np.sqrt(np.mean(difference ** 2))),
+        metric=metric,
     )
 
 
 def require_parity(parity: Parity, path: Path, reference_name: str, strict_top1: bool) -> None:
     """Raise when ``path`` drifted from its reference."""
-    bad_diff = not parity.max_abs_diff <= parity.tolerance  # NaN fails too
+    bad_diff = not parity.difference <= parity.tolerance  # NaN fails too
     bad_top1 = strict_top1 and parity.top1_agreement < 1.0
     if bad_diff or bad_top1:
         raise FgcliError(
-            f"{path} does not match {reference_name}: max |logit diff| {parity.max_abs_diff:.3g} "
-            f"(allowed {parity.tolerance:.3g}), top-1 agreement {parity.top1_agreement:.1%} on "
+            f"{path} does not match {reference_name}: {'RMS' if parity.metric == 'rms' else 'max'} |logit diff| "
+            f"{parity.difference:.3g} (allowed {parity.tolerance:.3g}; max {parity.max_abs_diff:.3g}), top-1 "
+            f"agreement {parity.top1_agreement:.1%} on "
             f"{parity.n_images} images",
             hint="re-export with --no-simplify or another --opset; if it persists, the model uses an op the "
                  "exporter translates wrongly: report it with the method and backbone",

@@ -1,7 +1,8 @@
 """One entry point from a checkpoint to every deployment artifact (the ultralytics-exporter idea).
 
 ``export_all`` writes, in order and each only when asked: ``model.onnx`` (always: every other
-artifact derives from it), ``model.fp16.onnx``, ``calib.npz`` + ``model.int8.onnx`` (modelopt Q/DQ)
+artifact derives from it; a QAT checkpoint writes its Q/DQ ``model.qat.onnx`` instead, and nothing but engines
+and serving configs derive from that), ``model.fp16.onnx``, ``calib.npz`` + ``model.int8.onnx`` (modelopt Q/DQ)
 and/or ``model.ort-int8.onnx`` (ONNX Runtime static INT8), then TensorRT engines. The ONNX
 artifacts are written before TensorRT is even imported, so a machine without TensorRT still gets
 everything it needs to run ``fgcli build`` on the target.
@@ -88,6 +89,9 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
     out = Path(opts.out_dir)
     summary = ExportSummary(out)
     ckpt = load_checkpoint(checkpoint)
+    qat = bool(ckpt.get("qat"))
+    if qat:
+        _check_qat_options(checkpoint, opts)
     if opts.deepstream and not opts.embed_preprocess:
         from fgcli.export.deepstream import preprocess_to_nvinfer
 
@@ -97,7 +101,7 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
     check_images = _check_images(ckpt, opts)
     onnx_result = _timed(lambda: export_onnx(ckpt, out, opset=opts.opset, img_size=opts.img_size,
                                              check_images=check_images, embed_preprocess=opts.embed_preprocess))
-    summary.artifacts["onnx-fp32"] = _describe(onnx_result)
+    summary.artifacts[QAT_ARTIFACT if qat else "onnx-fp32"] = _describe(onnx_result)
     onnx_path = onnx_result[0].path
     if opts.embed_preprocess and check_images is not None:  # later checks feed the graph its 0..255 input
         from fgcli.export.onnx import denormalize, export_preprocess
@@ -116,6 +120,27 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
         _write_serving_configs(summary, opts, step)
         write_json_atomic(out / "export.json", summary.to_dict())
     return summary
+
+
+#: export.json's key for the Q/DQ ONNX of a QAT checkpoint (the report variant of the same name)
+QAT_ARTIFACT = "onnx-int8-qat"
+
+
+def _check_qat_options(checkpoint, opts: ExportOptions) -> None:
+    """A QAT checkpoint exports as INT8 already: converting or quantizing it again is refused."""
+    asked = [flag for flag, given in (("--fp16", opts.fp16), ("--int8", opts.int8),
+                                      ("--target-agreement / --max-drop", opts.auto_precision),
+                                      ("--deepstream-calib-cache", opts.deepstream_calib_cache)) if given]
+    if asked:
+        raise FgcliError(f"{checkpoint} is a QAT run: it exports as Q/DQ INT8 (model.qat.onnx) with the ranges it "
+                         f"was trained with, so {', '.join(asked)} has nothing to do",
+                         hint=f"drop {', '.join(asked)} (add --trt to build its INT8 engine), or export the FP32 run "
+                              "it was fine-tuned from")
+
+
+def _primary_onnx(summary: ExportSummary) -> Path:
+    """The ONNX exported from the checkpoint: model.onnx, or a QAT run's model.qat.onnx."""
+    return Path(summary.artifacts.get("onnx-fp32", summary.artifacts.get(QAT_ARTIFACT))["path"])
 
 
 def _write_serving_configs(summary: ExportSummary, opts: ExportOptions, step) -> None:
@@ -143,7 +168,7 @@ def _write_serving_configs(summary: ExportSummary, opts: ExportOptions, step) ->
         from fgcli.export.triton import write_triton_repository
 
         step(f"writing the Triton model repository {opts.triton_repo}")
-        served_onnx = onnx_path if engine else Path(summary.artifacts["onnx-fp32"]["path"])  # ORT serves FP32
+        served_onnx = onnx_path if engine else _primary_onnx(summary)  # ORT serves FP32 (or the QAT Q/DQ model)
         config = write_triton_repository(opts.triton_repo, served_onnx, engine_path=engine["path"] if engine else None,
                                          max_batch_size=opts.batch[2])
         summary.artifacts["triton"] = {"path": str(config), "platform": "tensorrt_plan" if engine else "onnxruntime_onnx"}
@@ -265,9 +290,11 @@ def update_metadata(path: Path, **values) -> None:
 
 
 def _engine_source(summary: ExportSummary) -> Path:
-    """The ONNX the engine is built from: the modelopt Q/DQ model (its mixed-precision one when measured), else
-    FP16, else FP32."""
+    """The ONNX the engine is built from: a QAT run's Q/DQ model, the modelopt Q/DQ model (its mixed-precision one
+    when measured), else FP16, else FP32."""
     artifacts = summary.artifacts
+    if QAT_ARTIFACT in artifacts:
+        return Path(artifacts[QAT_ARTIFACT]["path"])
     if "onnx-int8-modelopt-auto" in artifacts:
         return Path(artifacts["onnx-int8-modelopt-auto"]["output_path"])
     if "onnx-int8-modelopt" in artifacts:

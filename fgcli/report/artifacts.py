@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fgcli.errors import FgcliError
-from fgcli.report.variants import ENGINE_SOURCES, ONNX_FILES, TENSORRT, Variant
+from fgcli.report.variants import ENGINE_SOURCES, ONNX_FILES, QAT_VARIANT, TENSORRT, Variant
 from fgcli.runtime.base import parse_device
 from fgcli.utils import sha256_file, write_json_atomic
 
@@ -31,11 +31,13 @@ EXPORT_FILES = (*ONNX_FILES.values(), "calib.npz", "export.json", *DERIVED_FILES
 
 def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant], data: Path, calib_size: int,
                       step: Callable[[str], None], target_agreement: float | None = None,
-                      val_size: int = 256, max_drop: float | None = None) -> list[str]:
+                      val_size: int = 256, max_drop: float | None = None,
+                      qat_checkpoint: Path | None = None) -> list[str]:
     """Export the ONNX files the runnable ``variants`` need into ``export_dir`` (or reuse current ones) and
     set each ONNX variant's path and export / calibration seconds. ``target_agreement``: the target of the
-    mixed-precision (auto) variants, measured on ``val_size`` val (else test) images. Returns notes for the
-    report."""
+    mixed-precision (auto) variants, measured on ``val_size`` val (else test) images. ``qat_checkpoint``: the
+    QAT run (``fgcli train --qat``) whose model.qat.onnx the ``onnx-int8-qat`` variant measures. Returns notes
+    for the report."""
     from fgcli.export.pipeline import ExportOptions, export_all
 
     needed = _needed_onnx(variants)
@@ -44,7 +46,8 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
     notes = []
     record = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
               "calib_data": str(Path(data).resolve()), "calib_size": calib_size, "target_agreement": target_agreement,
-              "val_size": val_size if target_agreement is not None else None, "max_drop": max_drop}
+              "val_size": val_size if target_agreement is not None else None, "max_drop": max_drop,
+              "qat_sha256": sha256_file(qat_checkpoint) if QAT_VARIANT in needed else None}
     previous = _read_json(export_dir / SOURCE_RECORD)
     if not _same_source(previous, record):
         foreign = [name for name in EXPORT_FILES if (export_dir / name).is_file()]
@@ -60,7 +63,8 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
                          f"removed {', '.join(removed)} and exported again")
     artifacts = read_export_record(export_dir)
     missing = [key for key in needed if key not in artifacts or not (export_dir / ONNX_FILES[key]).is_file()]
-    if missing:
+    from_checkpoint = [key for key in missing if key != QAT_VARIANT]
+    if from_checkpoint:
         _remove(export_dir, DERIVED_FILES)
         options = ExportOptions(out_dir=export_dir, calib_data=str(data), calib_size=calib_size, check_data=str(data))
         backends = [b for b, key in (("modelopt", "onnx-int8-modelopt"), ("ort", "onnx-int8-ort")) if key in needed]
@@ -70,10 +74,17 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
         if auto:
             options.target_agreement, options.val_size, options.max_drop = target_agreement, val_size, max_drop
             options.auto_backend = "both" if len(auto) == 2 else auto[0]
+        qat_artifact = {k: v for k, v in artifacts.items() if k == QAT_VARIANT}  # export_all rewrites export.json
         summary = export_all(checkpoint, options, step=step)
-        write_json_atomic(export_dir / SOURCE_RECORD, record)
-        artifacts = summary.artifacts
+        artifacts = {**summary.artifacts, **qat_artifact}
         notes.extend(summary.notes)
+        write_json_atomic(export_dir / SOURCE_RECORD, record)  # the files are ours now, even if the QAT export fails
+    if QAT_VARIANT in missing:
+        artifacts[QAT_VARIANT] = _export_qat(qat_checkpoint, export_dir, data, step)
+    if missing:
+        record_file = export_dir / "export.json"
+        write_json_atomic(record_file, {**_read_json(record_file), "artifacts": artifacts})
+        write_json_atomic(export_dir / SOURCE_RECORD, record)
     else:
         step(f"reusing the ONNX files in {export_dir} (made from the same checkpoint)")
     for variant in variants:
@@ -82,11 +93,27 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
     return notes
 
 
+def _export_qat(qat_checkpoint: Path, export_dir: Path, data: Path, step: Callable[[str], None]) -> dict[str, Any]:
+    """model.qat.onnx of the QAT run in ``export_dir`` (checked against its fake-quantized PyTorch model on test
+    images of ``data``); its export.json entry."""
+    import tempfile
+
+    from fgcli.export.pipeline import QAT_ARTIFACT, ExportOptions, export_all
+
+    step(f"exporting the QAT run {qat_checkpoint} (Q/DQ INT8)")
+    export_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fgcli-qat-", dir=export_dir) as work:
+        info = export_all(qat_checkpoint, ExportOptions(out_dir=Path(work), check_data=str(data))).artifacts[QAT_ARTIFACT]
+        target = export_dir / ONNX_FILES[QAT_VARIANT]
+        Path(info["path"]).replace(target)
+    return {**info, "path": str(target)}
+
+
 def attach_onnx_artifact(variant: Variant, export_dir: Path, artifacts: dict[str, Any]) -> None:
     """Path of an ONNX variant, and from export.json (when it has the entry) how long making it took."""
     variant.path = export_dir / ONNX_FILES[variant.name]
     info = artifacts.get(variant.name, {})
-    if variant.name == "onnx-fp32":
+    if variant.name in ("onnx-fp32", QAT_VARIANT):
         variant.build_seconds = info.get("seconds")
     else:
         variant.calib_seconds = info.get("calibration_seconds")
@@ -156,14 +183,14 @@ def _needed_onnx(variants: list[Variant]) -> list[str]:
         needed.append("onnx-int8-modelopt")  # the auto variant's step 0, and what the report compares it with
     if runnable & {"onnx-int8-ort", "onnx-int8-ort-auto"}:
         needed.append("onnx-int8-ort")
-    needed.extend(name for name in ("onnx-int8-modelopt-auto", "onnx-int8-ort-auto") if name in runnable)
+    needed.extend(name for name in ("onnx-int8-modelopt-auto", "onnx-int8-ort-auto", QAT_VARIANT) if name in runnable)
     return needed
 
 
 def _same_source(previous: dict[str, Any], record: dict[str, Any]) -> bool:
     """Same checkpoint bytes and calibration settings (the checkpoint may have moved)."""
     return all(previous.get(key) == record[key] for key in ("sha256", "calib_data", "calib_size", "target_agreement",
-                                                         "val_size", "max_drop"))
+                                                         "val_size", "max_drop", "qat_sha256"))
 
 
 def _remove(folder: Path, names: tuple[str, ...]) -> list[str]:

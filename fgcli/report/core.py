@@ -24,7 +24,8 @@ from fgcli.errors import FgcliError
 from fgcli.report.artifacts import attach_onnx_artifact, export_for_report, prepare_engines, read_export_record
 from fgcli.report.timing import throughput_rounds, time_interleaved, timed_calls
 from fgcli.report.variants import (
-    AUTO_VARIANTS, ONNX_FILES, REFERENCE_CANDIDATES, TENSORRT, TORCH, Variant, parse_formats, plan_variants,
+    AUTO_VARIANTS, ONNX_FILES, QAT_VARIANT, REFERENCE_CANDIDATES, TENSORRT, TORCH, Variant, parse_formats,
+    plan_variants,
 )
 from fgcli.runtime import open_runner
 from fgcli.runtime.doctor import collect_environment
@@ -91,6 +92,7 @@ def build_report(
     target_agreement: float | None = None,
     val_size: int = 256,
     max_drop: float | None = None,
+    qat: str | Path | None = None,
     hooks: ReportHooks | None = None,
 ) -> dict[str, Any]:
     """Evaluate and time every variant of a model on ``split`` of ``data``; returns the report dict.
@@ -109,29 +111,35 @@ def build_report(
     ``fgcli export --target-agreement``); without it they are reported only from an export folder holding them.
     ``val_size``: the val (else test) images the target is measured on; ``max_drop``: with a target, also keep
     top-1 at most this many points below FP32 there.
+    ``qat``: a QAT run's checkpoint (``fgcli train --qat --weights SOURCE``): adds ``onnx-int8-qat``, its Q/DQ
+    ONNX, beside the PTQ variants of ``source``. A QAT checkpoint given as ``source`` is reported that way against
+    the FP32 run it was fine-tuned from.
     Write the other files with ``write_report(report, out_dir)``.
     """
     hooks = hooks or ReportHooks()
     source, data, out_dir = Path(source), Path(data), Path(out_dir)
+    source, qat, qat_note = _qat_sources(source, Path(qat) if qat else None)
     batch_sizes = parse_batch_sizes(batch_sizes)
     if iterations < 1 or warmup < 0 or calib_size < 1:
         raise FgcliError(f"iterations ({iterations}) and calib_size ({calib_size}) must be >= 1, "
                          f"warmup ({warmup}) >= 0")
     names = parse_formats(formats)
     if target_agreement is None:  # an export folder's auto variants are reported when it has their files
-        names = [name for name in names if name not in AUTO_VARIANTS
-                 or (source.is_dir() and (source / ONNX_FILES[name]).is_file())]
+        names = [name for name in names if name not in AUTO_VARIANTS or _in_export_folder(source, name)]
     else:
         from fgcli.calibration.sensitivity import check_targets
 
         check_targets(target_agreement, max_drop)
+    if qat is None:
+        names = [name for name in names if name != QAT_VARIANT or _in_export_folder(source, name)]
     data_split = load_split(data, split, layout)
     if not data_split.samples:
         raise FgcliError(f"the {split} split of {data} has no images", hint="pick another --split")
     checkpoint, export_dir = _read_source(source, out_dir)
     variants = plan_variants(names, checkpoint=checkpoint is not None, export_dir=export_dir, device=device)
     notes = _prepare_files(source, checkpoint, export_dir, variants, data, calib_size, batch_sizes[-1], device, hooks,
-                           target_agreement, val_size, max_drop)
+                           target_agreement, val_size, max_drop, qat)
+    notes = [qat_note, *notes] if qat_note else notes
 
     with ExitStack() as stack:
         runners = {}
@@ -159,7 +167,7 @@ def build_report(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fgcli_version": fgcli.__version__,
         "source": {"kind": "checkpoint" if checkpoint is not None else "export", "path": str(source),
-                   "export_dir": str(export_dir)},
+                   "export_dir": str(export_dir), "qat_checkpoint": str(qat) if qat else None},
         "model": model,
         "dataset": {"root": str(data), "layout": data_split.layout, "split": split, "images": ref_eval.count,
                     "unreadable": sorted(ref_eval.bad_images)},
@@ -195,6 +203,45 @@ def _attention_grid(runners: dict, variants: list[Variant], reference: str, data
             "variants": shown, "images": images}
 
 
+def _in_export_folder(source: Path, name: str) -> bool:
+    return source.is_dir() and (source / ONNX_FILES[name]).is_file()
+
+
+def _qat_sources(source: Path, qat: Path | None) -> tuple[Path, Path | None, str | None]:
+    """(FP32 source, QAT checkpoint, note): a QAT checkpoint given as the source is measured against the run it
+    was fine-tuned from, which its record names."""
+    if qat is not None and not (qat.is_file() and qat.suffix == ".pt"):
+        raise FgcliError(f"--qat {qat} is not a .pt checkpoint", hint="pass QAT_RUN/best.pt, written by fgcli train --qat")
+    if not (source.is_file() and source.suffix == ".pt"):
+        if qat is not None:
+            raise FgcliError("--qat needs the FP32 run's .pt checkpoint as the report's source (it exports both)",
+                             hint=f"fgcli report FP32_RUN/best.pt --qat {qat} --data DATASET")
+        return source, None, None
+    optional_import("torch", "torch", "A report on a PyTorch checkpoint (it exports the ONNX models)")
+    from fgcli.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(source)
+    if qat is not None:
+        qat_ckpt = load_checkpoint(qat)
+        if not qat_ckpt.get("qat"):
+            raise FgcliError(f"--qat {qat} is not a QAT run (fgcli train --qat writes one)",
+                             hint="pass the best.pt of a fgcli train --qat run")
+        if ckpt.get("qat"):
+            raise FgcliError(f"{source} is a QAT run too: the report's source is the FP32 reference",
+                             hint=f"fgcli report {qat_ckpt['qat'].get('source', 'FP32_RUN/best.pt')} --qat {qat}")
+        if list(qat_ckpt["class_names"]) != list(ckpt["class_names"]):
+            raise FgcliError(f"--qat {qat} classifies other classes than {source}",
+                             hint="pass the QAT run fine-tuned from this checkpoint")
+        return source, qat, None
+    if not ckpt.get("qat"):
+        return source, None, None
+    reference = Path(ckpt["qat"].get("source", ""))
+    if not reference.is_file():
+        raise FgcliError(f"{source} is a QAT run, and the FP32 run it was fine-tuned from ({reference}) is not there "
+                         "to compare it with", hint=f"fgcli report FP32_RUN/best.pt --qat {source} --data DATASET")
+    return reference, source, f"{source} is a QAT run: measured against the FP32 run it was fine-tuned from, {reference}"
+
+
 def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
     """(the loaded checkpoint, OUT/export) for a .pt file; (None, the folder) for an export folder."""
     if source.is_file() and source.suffix == ".pt":
@@ -211,12 +258,12 @@ def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
 def _prepare_files(source: Path, checkpoint: dict | None, export_dir: Path, variants: list[Variant], data: Path,
                    calib_size: int, max_batch: int, device: str, hooks: ReportHooks,
                    target_agreement: float | None = None, val_size: int = 256,
-                   max_drop: float | None = None) -> list[str]:
-    """Give every runnable variant its file: export from the checkpoint, or take the folder's; build engines."""
+                   max_drop: float | None = None, qat: Path | None = None) -> list[str]:
+    """Give every runnable variant its file: export from the checkpoint(s), or take the folder's; build engines."""
     notes = []
     if checkpoint is not None:
         notes = export_for_report(source, export_dir, variants, data, calib_size, hooks.step, target_agreement,
-                                  val_size, max_drop)
+                                  val_size, max_drop, qat_checkpoint=qat)
         for variant in variants:
             if variant.backend == TORCH and variant.available:
                 variant.path = source

@@ -28,6 +28,7 @@ CATALOG: dict[str, tuple[str, str]] = {
     "onnx-int8-modelopt-auto": (ONNXRUNTIME, "int8"),
     "onnx-int8-ort": (ONNXRUNTIME, "int8"),
     "onnx-int8-ort-auto": (ONNXRUNTIME, "int8"),
+    "onnx-int8-qat": (ONNXRUNTIME, "int8"),
     "trt-fp32": (TENSORRT, "fp32"),
     "trt-fp16": (TENSORRT, "fp16"),
     "trt-int8": (TENSORRT, "int8"),
@@ -35,6 +36,9 @@ CATALOG: dict[str, tuple[str, str]] = {
 VARIANT_NAMES = tuple(CATALOG)
 #: INT8 with measured mixed precision (``fgcli export --target-agreement``): reported only when a target is given
 AUTO_VARIANTS = ("onnx-int8-modelopt-auto", "onnx-int8-ort-auto")
+#: the Q/DQ ONNX of a QAT run (``fgcli train --qat``): reported only when a QAT checkpoint is given, or found in
+#: an export folder
+QAT_VARIANT = "onnx-int8-qat"
 #: the FP32 reference for accuracy deltas, agreement and speed-ups: the first of these that ran
 REFERENCE_CANDIDATES = ("torch-fp32", "onnx-fp32")
 #: --formats shorthands for a whole backend
@@ -43,7 +47,7 @@ GROUPS = {"torch": "torch-", "onnx": "onnx-", "trt": "trt-"}
 #: ONNX files of an export folder (as export_all names them), by variant
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8-modelopt": "model.int8.onnx",
               "onnx-int8-modelopt-auto": "model.int8-auto.onnx", "onnx-int8-ort": "model.ort-int8.onnx",
-              "onnx-int8-ort-auto": "model.ort-int8-auto.onnx"}
+              "onnx-int8-ort-auto": "model.ort-int8-auto.onnx", QAT_VARIANT: "model.qat.onnx"}
 #: the ONNX each TensorRT engine is built from (model.fp16.onnx is converted from model.onnx when missing)
 ENGINE_SOURCES = {"trt-fp32": "model.onnx", "trt-fp16": "model.fp16.onnx", "trt-int8": "model.int8.onnx"}
 
@@ -165,7 +169,7 @@ def plan_variants(names: list[str], *, checkpoint: bool, export_dir: Path, devic
         if backend == ONNXRUNTIME:
             if not has_ort:
                 variant.refuse(REASON_NO_ORT)
-            if name.startswith("onnx-int8-modelopt") and checkpoint and not has_modelopt:
+            if (name.startswith("onnx-int8-modelopt") or name == QAT_VARIANT) and checkpoint and not has_modelopt:
                 variant.refuse(REASON_NO_MODELOPT)
             if not checkpoint and not (export_dir / ONNX_FILES[name]).is_file():
                 variant.refuse(f"{export_dir} has no {ONNX_FILES[name]} ({export_hint(name)})")
@@ -200,6 +204,8 @@ def export_hint(name: str) -> str:
     """The fgcli export command that writes the ONNX file of variant ``name``."""
     if name == "onnx-fp32":
         return "fgcli export CHECKPOINT --out DIR writes it"
+    if name == QAT_VARIANT:
+        return "fgcli train --qat --weights CHECKPOINT ... --out QAT_RUN, then fgcli export QAT_RUN/best.pt --out DIR writes it"
     backend = "modelopt" if name.startswith("onnx-int8-modelopt") else "ort"
     target = " --target-agreement 0.99" if name in AUTO_VARIANTS else ""
     return f"fgcli export CHECKPOINT --out DIR --int8 --int8-backend {backend} --calib-data DATASET{target} writes it"
