@@ -7,6 +7,8 @@
 Steps (each one's figures go into ``<out>/gpu_check.json``; a table is printed at the end):
 1. ``train``: every method, ~``--steps`` optimizer steps at ``--img-size`` on the synthetic dataset with AMP
    and a channels_last model, through fgcli's own Trainer; images/s and final top-1.
+   ``qat``: one GCAM-CSA epoch with ``fgcli train --qat`` (modelopt fake INT8) against one plain epoch from
+   the same weights: seconds per epoch at ``--img-size`` and their ratio.
 2. ``ddp``: the baseline for one epoch through ``torchrun --nproc_per_node=<GPUs present>`` with NCCL (gloo on
    CPU), i.e. ``fgcli train`` as users launch it.
 3. ``pipeline``: baseline ResNet-50 training images/s through fgcli's Trainer (decode, augment, loader)
@@ -38,7 +40,7 @@ from fgcli.engine.train import Trainer
 from fgcli.models import create_model, list_models
 from fgcli.utils import write_json_atomic
 
-STEPS = ("train", "ddp", "pipeline", "eval", "report")
+STEPS = ("train", "qat", "ddp", "pipeline", "eval", "report")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -99,6 +101,25 @@ def step_train(plan: Plan, data: Path, out: Path) -> dict:
         results[method] = {"steps": steps, "seconds": round(seconds, 2), "best_top1": result.best_top1,
                            "images_per_s": round(steps * plan.batch_size / seconds, 1)}
     return results
+
+
+def step_qat(plan: Plan, data: Path, out: Path, method: str = "gcam-csa") -> dict:
+    """One QAT epoch (fgcli train --qat: modelopt's fake INT8 quantizers, AMP) of ``method`` against one plain
+    epoch of the same run from the same weights: seconds per epoch and their ratio."""
+    from fgcli.engine.config import resolve_config
+
+    source = out / method / "best.pt"
+    if not source.is_file():  # the train step leaves it; alone, train one epoch first
+        Trainer(train_config(plan, method, data, out / method, epochs=1)).fit()
+    times = {}
+    for kind, qat in (("plain", False), ("qat", True)):
+        cfg = resolve_config({**train_config(plan, method, data, out / f"{method}-{kind}-epoch", epochs=1).to_dict(),
+                              "weights": str(source), "qat": qat or None, "overwrite": True})
+        Trainer(cfg).fit()
+        metrics = json.loads((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()[-1])
+        times[kind] = metrics["epoch_time_s"]
+    return {"method": method, "img_size": plan.img_size, "plain_epoch_s": round(times["plain"], 2),
+            "qat_epoch_s": round(times["qat"], 2), "qat_over_plain": round(times["qat"] / times["plain"], 2)}
 
 
 def ddp_processes(plan: Plan) -> int:
@@ -222,7 +243,7 @@ def step_report(plan: Plan, data: Path, out: Path) -> dict:
                       else {"unavailable": row["reason"]}) for row in report["variants"]}}
 
 
-STEP_FUNCTIONS = {"train": step_train, "ddp": step_ddp, "pipeline": step_pipeline, "eval": step_eval,
+STEP_FUNCTIONS = {"train": step_train, "qat": step_qat, "ddp": step_ddp, "pipeline": step_pipeline, "eval": step_eval,
                   "report": step_report}
 
 

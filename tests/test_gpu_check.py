@@ -29,8 +29,8 @@ def test_dry_run_lists_the_plan_and_parses_both_fgcli_command_lines(tmp_path, ca
     assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     plan_line, checked = printed.split("\n", 1)
-    assert plan_line.startswith("plan: train, ddp, pipeline, eval, report")
-    assert json.loads(plan_line.split(" ", 6)[-1])["img_size"] == 448
+    assert plan_line.startswith("plan: train, qat, ddp, pipeline, eval, report")
+    assert json.loads(plan_line.split(" ", 7)[-1])["img_size"] == 448
     checked = json.loads(checked)
     assert checked["methods"] == gpu_check.list_models() and len(checked["methods"]) == 6
     assert checked["commands"]["report"].startswith(f"fgcli report {tmp_path / 'baseline' / 'best.pt'}")
@@ -63,3 +63,17 @@ def test_synthetic_split_gives_about_the_requested_steps():
     plan = gpu_check.full_plan(steps=300, img_size=448)
     train_images = gpu_check.per_class_for(plan) * plan.classes * 0.7
     assert 4 * train_images / plan.batch_size == pytest.approx(300, rel=0.1)
+
+
+@pytest.mark.slow
+def test_qat_step_times_a_qat_epoch_against_a_plain_one_at_the_rehearsal_size(tmp_path):
+    pytest.importorskip("modelopt.torch.quantization")
+    from fgcli.data.synth import generate_synthetic
+
+    plan = gpu_check.rehearsal_plan()
+    generate_synthetic(tmp_path / "data", num_classes=plan.classes, per_class=gpu_check.per_class_for(plan), seed=0)
+    figures = gpu_check.step_qat(plan, tmp_path / "data", tmp_path)
+    assert figures["plain_epoch_s"] > 0 and figures["qat_epoch_s"] > 0 and figures["qat_over_plain"] > 0
+    from fgcli.engine.checkpoint import load_checkpoint
+
+    assert "qat" in load_checkpoint(tmp_path / "gcam-csa-qat-epoch" / "best.pt")
