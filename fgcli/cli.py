@@ -356,6 +356,7 @@ def predict(
     """
     from fgcli.engine.predict import find_images, iter_predictions, predictions_json, write_predictions_csv
     from fgcli.runtime import open_runner
+    from fgcli.utils import sigint_deferred
 
     paths = find_images(folder)
     if not paths:
@@ -367,9 +368,10 @@ def predict(
             err_console.print(f"[yellow]note:[/] --topk {topk} is more than the {k} classes of {escape(str(model))}: "
                               f"each row lists all {k}", highlight=False)
         try:
-            with _task(f"predicting ({runner.name})", len(paths)) as advance:
+            with sigint_deferred() as interrupt, _task(f"predicting ({runner.name})", len(paths)) as advance:
                 for batch in iter_predictions(runner, paths, topk=k, batch_size=batch_size, progress=advance):
                     predictions.extend(batch)
+                    interrupt.check()  # Ctrl-C takes effect here, between batches
         except KeyboardInterrupt:
             if not predictions:
                 raise Interrupted(f"after 0 of {len(paths)} images; nothing written (no {out})") from None

@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,3 +144,38 @@ def optional_import(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+
+
+class DeferredInterrupt:
+    """Ctrl-C noted, to be raised where the caller is ready for it (``check()``); see ``sigint_deferred``."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[DeferredInterrupt]:
+    """Within the block, a first Ctrl-C only sets a flag that ``check()`` turns into KeyboardInterrupt; a second
+    one interrupts at once. A KeyboardInterrupt raised anywhere can land inside a library's ``with lock:`` (a
+    thread pool's result wait) and come out as "RuntimeError: cannot release un-acquired lock" (seen in CI), which
+    no ``except KeyboardInterrupt`` catches. Outside the main thread, where Python does not handle signals, it
+    changes nothing."""
+    state = DeferredInterrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def note(signum, frame) -> None:
+        if state.requested:
+            raise KeyboardInterrupt
+        state.requested = True
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -28,3 +28,22 @@ def test_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_sigint_deferred_raises_only_at_check_and_at_once_on_a_second_ctrl_c():
+    import os
+    import signal
+
+    import pytest
+
+    from fgcli.utils import sigint_deferred
+
+    with sigint_deferred() as interrupt:
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: only noted
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+    with pytest.raises(KeyboardInterrupt), sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handler is back
