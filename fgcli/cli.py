@@ -177,7 +177,7 @@ def train(
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: last.pt, best.pt, metrics.jsonl."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="paper (the paper's settings) or small (CPU demo)."),
     dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="torchvision resnet18, resnet34, resnet50, resnet101, or any timm CNN with stages at strides 4-32 (pip install 'fgcli[timm]'): efficientnet_b0, mobilenetv3_large_100, convnext_tiny, regnety_016, timm/resnet50 (timm's own ResNet)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="torchvision resnet18, resnet34, resnet50, resnet101, or any timm CNN with stages at strides 4-32 (pip install 'fgcli\\[timm]'): efficientnet_b0, mobilenetv3_large_100, convnext_tiny, regnety_016, timm/resnet50 (timm's own ResNet)."),
     attention_backbone: Optional[str] = typer.Option(None, "--attention-backbone", help="TASN only: the attention net's backbone (default resnet18; same names as --backbone)."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (downloads: torchvision's for its ResNets, timm's loader for timm backbones)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file: a torchvision ResNet state dict or a timm state dict (.pth / .safetensors) (the offline alternative to --pretrained) or an fgcli checkpoint, e.g. a baseline run's best.pt, to fine-tune a method from."),
@@ -197,9 +197,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue exactly where OUT/last.pt stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start a new run in an OUT that holds one: its files are replaced when the new run finishes its first epoch, not before."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (and list them) instead of stopping."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files into OUT (loss terms, learning rates, accuracy, images/s; attention maps): tensorboard --logdir OUT. Needs pip install 'fgcli[tensorboard]'."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files into OUT (loss terms, learning rates, accuracy, images/s; attention maps): tensorboard --logdir OUT. Needs pip install 'fgcli\\[tensorboard]'."),
     tensorboard_every: int = typer.Option(5, "--tensorboard-every", min=1, max=10000, help="Epochs between the attention-map images (the last epoch always has them)."),
-    qat: bool = typer.Option(False, "--qat", help="Quantization-aware training: fine-tune the fgcli checkpoint in --weights with INT8 quantizers (modelopt, pip install 'fgcli[quant]'). Takes its method, backbone and preprocessing; defaults: a tenth of its epochs at 1/100 of its lr. fgcli export then writes a Q/DQ model.qat.onnx that TensorRT builds as INT8."),
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware training: fine-tune the fgcli checkpoint in --weights with INT8 quantizers (modelopt, pip install 'fgcli\\[quant]'). Takes its method, backbone and preprocessing; defaults: a tenth of its epochs at 1/100 of its lr. fgcli export then writes a Q/DQ model.qat.onnx that TensorRT builds as INT8."),
     qat_calib_size: int = typer.Option(256, "--qat-calib-size", min=1, max=1_000_000, help="With --qat: train images the quantizer ranges are calibrated on first."),
 ) -> None:
     """Train a method. Multi-GPU / multi-node: torchrun --nproc_per_node N -m fgcli train ...
@@ -503,7 +503,7 @@ def build(
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="calib.npz for the legacy INT8 calibrator."),
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache written by an earlier build (no images needed)."),
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT's verbose builder log."),
-    backend: str = typer.Option("tensorrt", "--backend", help="tensorrt, or tensorrt-rtx (TensorRT for RTX: builds without a GPU, engines for RTX GPUs; pip install 'fgcli[rtx]')."),
+    backend: str = typer.Option("tensorrt", "--backend", help="tensorrt, or tensorrt-rtx (TensorRT for RTX: builds without a GPU, engines for RTX GPUs; pip install 'fgcli\\[rtx]')."),
 ) -> None:
     """Build a TensorRT engine on the target (Jetson flow: export on a workstation, build on the device)."""
     from fgcli.export.tensorrt import build_engine

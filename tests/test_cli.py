@@ -150,3 +150,10 @@ def test_train_without_torch_names_the_extra_to_install(tiny_dataset, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "fgcli[torch]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_shows_the_extras_to_install_whole():
+    """rich reads "[quant]" as markup and drops it unless escaped: the install hints must survive --help."""
+    train_help = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output
+    assert all(f"fgcli[{extra}]" in train_help for extra in ("timm", "tensorboard", "quant"))
+    assert "fgcli[rtx]" in runner.invoke(app, ["build", "--help"], env={"COLUMNS": "400"}).output
