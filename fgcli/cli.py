@@ -210,7 +210,7 @@ def train(
     """
     from fgcli.engine.config import resolve_config
 
-    if attention_backbone and method not in ("tasn", None if qat else "tasn"):
+    if attention_backbone and method != "tasn" and not (qat and method is None):  # --qat: the source decides
         raise FgcliError(f"--attention-backbone is a TASN option; {method or 'baseline'} has one backbone",
                          hint="drop --attention-backbone, or pass --method tasn")
     cfg = resolve_config({

@@ -79,8 +79,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike = "the
     method = ckpt["method"]
     try:
         model = create_model(method, ckpt["num_classes"], backbone=ckpt["backbone"], **ckpt.get("model_kwargs", {}))
-        if ckpt.get("qat"):  # a fgcli train --qat run: its fake INT8 quantizers first, their ranges are weights
-            from fgcli.engine.qat import restore_quantizers
+        from fgcli.engine.qat import is_qat_checkpoint, restore_quantizers
+
+        if is_qat_checkpoint(ckpt):  # a fgcli train --qat run: its fake INT8 quantizers first, their ranges are weights
 
             model = restore_quantizers(model, ckpt["qat"])
         model.load_state_dict(ckpt["model"])

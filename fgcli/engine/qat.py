@@ -35,7 +35,6 @@ QUANT_CONFIG = "INT8_DEFAULT_CFG"
 #: QAT defaults relative to the source run: 10 % of its epochs at 1 % of its learning rate, no warm-up (the
 #: schedule NVIDIA's QAT guides start from), every layer at the same rate since all of them are trained now
 QAT_EPOCH_FRACTION, QAT_LR_FACTOR = 0.1, 0.01
-DEFAULT_CALIB_IMAGES = 256
 
 
 def _modelopt():
@@ -84,10 +83,9 @@ def kept_in_float(model) -> Callable[[str, Any], bool]:
     return keep
 
 
-def insert_quantizers(model, calibration_batches: Callable[[], Iterable], device) -> dict[str, int]:
+def insert_quantizers(model, calibration_batches: Callable[[], Iterable], device) -> None:
     """Quantize ``model`` in place: fake INT8 quantizers calibrated (max) on ``calibration_batches()`` (an iterable
-    of image tensors), then the quantizers of the layers the model keeps in float disabled. Returns the counts of
-    enabled and disabled quantizers."""
+    of image tensors), then the quantizers of the layers the model keeps in float disabled."""
     import torch
 
     mtq, _ = _modelopt()
@@ -104,19 +102,10 @@ def insert_quantizers(model, calibration_batches: Callable[[], Iterable], device
         float_modules = {name for name, module in model.named_modules() if _has_quantizers(module) and keep(name, module)}
         if float_modules:
             mtq.disable_quantizer(model, lambda name: name.rsplit(".", 1)[0] in float_modules)
-    return quantizer_counts(model)
 
 
 def _has_quantizers(module) -> bool:
     return any(hasattr(module, attribute) for attribute in ("weight_quantizer", "input_quantizer"))
-
-
-def quantizer_counts(model) -> dict[str, int]:
-    """How many of the model's TensorQuantizers quantize, and how many are disabled."""
-    mtq, _ = _modelopt()
-    quantizers = [m for m in model.modules() if isinstance(m, mtq.nn.TensorQuantizer)]
-    enabled = sum(1 for q in quantizers if q.is_enabled)
-    return {"enabled": enabled, "disabled": len(quantizers) - enabled}
 
 
 def freeze_batchnorm_statistics(model) -> None:

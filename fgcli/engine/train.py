@@ -227,10 +227,11 @@ class Trainer:
         if not path.is_file():
             raise FgcliError(f"--resume given but {path} does not exist", hint="drop --resume to start a new run")
         ckpt = load_checkpoint(path)
-        if bool(ckpt.get("qat")) != self.cfg.qat:
-            kind = "a QAT run" if ckpt.get("qat") else "not a QAT run"
-            raise FgcliError(f"--resume: {path} is {kind}, and this run was started " +
-                             ("without --qat" if ckpt.get("qat") else "with --qat"),
+        from fgcli.engine.qat import is_qat_checkpoint
+
+        if is_qat_checkpoint(ckpt) != self.cfg.qat:
+            kind, started = ("a QAT run", "without") if not self.cfg.qat else ("not a QAT run", "with")
+            raise FgcliError(f"--resume: {path} is {kind}, and this run was started {started} --qat",
                              hint="resume with the options the run was started with (--qat --weights SOURCE for a "
                                   "QAT run)")
         return ckpt

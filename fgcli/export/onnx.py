@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -94,8 +95,10 @@ def export_onnx(
     """
     if opset < MIN_OPSET:
         raise FgcliError(f"opset {opset} is too old for fgcli models", hint=f"use --opset {MIN_OPSET} or newer")
+    from fgcli.engine.qat import is_qat_checkpoint
+
     ckpt, model = load_eval_model(checkpoint)
-    qat = bool(ckpt.get("qat"))
+    qat = is_qat_checkpoint(ckpt)
     preprocess = export_preprocess(ckpt, img_size)
     images = validated_check_images(check_images, preprocess.img_size)
     proto = trace_to_onnx(model, preprocess.img_size, opset)
@@ -132,10 +135,7 @@ def store_int8_weights(proto):
 
     graph = proto.graph
     initializers = {init.name: init for init in graph.initializer}
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
+    consumers = Counter(name for node in graph.node for name in node.input)
     folded, replaced = [], {}
     for node in graph.node:
         if (node.op_type != "QuantizeLinear" or len(node.input) < 3
@@ -278,7 +278,9 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
 def checkpoint_metadata(ckpt: dict[str, Any], preprocess: PreprocessConfig, model) -> dict[str, Any]:
     """The decoded fgcli metadata of the export of ``ckpt`` (FP32, or INT8 for a QAT run); the ``model``'s INT8
     node choices travel to the quantizers (``FGVCModel.symmetric_int8_nodes`` / ``float_nodes``)."""
-    qat = bool(ckpt.get("qat"))
+    from fgcli.engine.qat import is_qat_checkpoint
+
+    qat = is_qat_checkpoint(ckpt)
     return {
         "method": ckpt["method"], "backbone": ckpt["backbone"], "class_names": list(ckpt["class_names"]),
         "preprocess": preprocess.to_dict(), "version": fgcli.__version__, "precision": "int8" if qat else "fp32",

@@ -67,6 +67,7 @@ class ExportSummary:
 def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str], None] | None = None) -> ExportSummary:
     """Write the requested artifacts into ``opts.out_dir`` and ``export.json`` describing them."""
     from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.engine.qat import is_qat_checkpoint
     from fgcli.export.onnx import export_fp16, export_onnx
 
     step = step or (lambda message: None)
@@ -89,7 +90,7 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
     out = Path(opts.out_dir)
     summary = ExportSummary(out)
     ckpt = load_checkpoint(checkpoint)
-    qat = bool(ckpt.get("qat"))
+    qat = is_qat_checkpoint(ckpt)
     if qat:
         _check_qat_options(checkpoint, opts)
     if opts.deepstream and not opts.embed_preprocess:

@@ -118,7 +118,8 @@ def build_report(
     """
     hooks = hooks or ReportHooks()
     source, data, out_dir = Path(source), Path(data), Path(out_dir)
-    source, qat, qat_note = _qat_sources(source, Path(qat) if qat else None)
+    checkpoint, export_dir = _read_source(source, out_dir)
+    source, checkpoint, qat, qat_note = _qat_sources(source, checkpoint, Path(qat) if qat else None)
     batch_sizes = parse_batch_sizes(batch_sizes)
     if iterations < 1 or warmup < 0 or calib_size < 1:
         raise FgcliError(f"iterations ({iterations}) and calib_size ({calib_size}) must be >= 1, "
@@ -135,7 +136,6 @@ def build_report(
     data_split = load_split(data, split, layout)
     if not data_split.samples:
         raise FgcliError(f"the {split} split of {data} has no images", hint="pick another --split")
-    checkpoint, export_dir = _read_source(source, out_dir)
     variants = plan_variants(names, checkpoint=checkpoint is not None, export_dir=export_dir, device=device)
     notes = _prepare_files(source, checkpoint, export_dir, variants, data, calib_size, batch_sizes[-1], device, hooks,
                            target_agreement, val_size, max_drop, qat)
@@ -207,39 +207,41 @@ def _in_export_folder(source: Path, name: str) -> bool:
     return source.is_dir() and (source / ONNX_FILES[name]).is_file()
 
 
-def _qat_sources(source: Path, qat: Path | None) -> tuple[Path, Path | None, str | None]:
-    """(FP32 source, QAT checkpoint, note): a QAT checkpoint given as the source is measured against the run it
-    was fine-tuned from, which its record names."""
+def _qat_sources(source: Path, checkpoint: dict | None, qat: Path | None
+                 ) -> tuple[Path, dict | None, Path | None, str | None]:
+    """(FP32 source, its loaded checkpoint, QAT checkpoint, note): a QAT checkpoint given as the source is measured
+    against the run it was fine-tuned from, which its record names."""
+    from fgcli.engine.qat import is_qat_checkpoint
+
     if qat is not None and not (qat.is_file() and qat.suffix == ".pt"):
         raise FgcliError(f"--qat {qat} is not a .pt checkpoint", hint="pass QAT_RUN/best.pt, written by fgcli train --qat")
-    if not (source.is_file() and source.suffix == ".pt"):
+    if checkpoint is None:
         if qat is not None:
             raise FgcliError("--qat needs the FP32 run's .pt checkpoint as the report's source (it exports both)",
                              hint=f"fgcli report FP32_RUN/best.pt --qat {qat} --data DATASET")
-        return source, None, None
-    optional_import("torch", "torch", "A report on a PyTorch checkpoint (it exports the ONNX models)")
+        return source, None, None, None
     from fgcli.engine.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(source)
     if qat is not None:
         qat_ckpt = load_checkpoint(qat)
-        if not qat_ckpt.get("qat"):
+        if not is_qat_checkpoint(qat_ckpt):
             raise FgcliError(f"--qat {qat} is not a QAT run (fgcli train --qat writes one)",
                              hint="pass the best.pt of a fgcli train --qat run")
-        if ckpt.get("qat"):
+        if is_qat_checkpoint(checkpoint):
             raise FgcliError(f"{source} is a QAT run too: the report's source is the FP32 reference",
                              hint=f"fgcli report {qat_ckpt['qat'].get('source', 'FP32_RUN/best.pt')} --qat {qat}")
-        if list(qat_ckpt["class_names"]) != list(ckpt["class_names"]):
+        if list(qat_ckpt["class_names"]) != list(checkpoint["class_names"]):
             raise FgcliError(f"--qat {qat} classifies other classes than {source}",
                              hint="pass the QAT run fine-tuned from this checkpoint")
-        return source, qat, None
-    if not ckpt.get("qat"):
-        return source, None, None
-    reference = Path(ckpt["qat"].get("source", ""))
+        return source, checkpoint, qat, None
+    if not is_qat_checkpoint(checkpoint):
+        return source, checkpoint, None, None
+    reference = Path(checkpoint["qat"].get("source", ""))
     if not reference.is_file():
         raise FgcliError(f"{source} is a QAT run, and the FP32 run it was fine-tuned from ({reference}) is not there "
                          "to compare it with", hint=f"fgcli report FP32_RUN/best.pt --qat {source} --data DATASET")
-    return reference, source, f"{source} is a QAT run: measured against the FP32 run it was fine-tuned from, {reference}"
+    return (reference, load_checkpoint(reference), source,
+            f"{source} is a QAT run: measured against the FP32 run it was fine-tuned from, {reference}")
 
 
 def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
