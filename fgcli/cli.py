@@ -422,6 +422,7 @@ def export(
     target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="With --int8, also write the mixed-precision model (model.int8-auto.onnx / model.ort-int8-auto.onnx): keep the nodes INT8 hurts most in float, one at a time, until this top-1 agreement with FP32 (e.g. 0.99) is met on the val / test split."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=100.0, help="With --int8: ... until top-1 is at most this many points below FP32 (e.g. 0.5); with --target-agreement both must hold."),
     val_size: int = typer.Option(256, "--val-size", min=1, max=100_000, help="Validation images the target is measured on (val, else test split; disjoint from calibration)."),
+    min_speedup: Optional[float] = typer.Option(None, "--min-speedup", min=0.01, help="With a target: never keep a node float whose step takes the ONNX Runtime CPU speed-up over FP32 (batch 1, measured here) below this, e.g. 1.8; that node stays INT8 and the next is tried. Measure on the machine you deploy to."),
     embed_preprocess: bool = typer.Option(False, "--embed-preprocess", help="Put the mean / std normalisation into the ONNX graph: its input becomes RGB 0..255 float (what DeepStream feeds; needed there when the std differ per channel)."),
     deepstream: bool = typer.Option(False, "--deepstream", help="Also write DeepStream's nvinfer config config_infer_<name>.txt and labels_<name>.txt beside the model."),
     deepstream_mode: str = typer.Option("secondary", "--deepstream-mode", help="primary (whole frames) or secondary (objects found by an upstream detector)."),
@@ -437,7 +438,7 @@ def export(
         fp16=fp16, int8=int8, int8_backend=int8_backend, calib_data=str(calib_data) if calib_data else None,
         calib_size=calib_size, calib_method=calib_method, check_data=str(data) if data else None, trt=trt,
         workspace_gib=workspace, dla_core=dla_core, device=device, target_agreement=target_agreement,
-        max_drop=max_drop, val_size=val_size, embed_preprocess=embed_preprocess,
+        max_drop=max_drop, val_size=val_size, min_speedup=min_speedup, embed_preprocess=embed_preprocess,
         deepstream=deepstream, deepstream_mode=deepstream_mode, deepstream_threshold=classifier_threshold,
         deepstream_calib_cache=str(deepstream_calib_cache) if deepstream_calib_cache else None,
         triton_repo=str(triton) if triton else None,
@@ -480,12 +481,18 @@ def _print_precision_steps(key: str, choice: dict) -> None:
     target = " and ".join(t for t in (f"agreement >= {choice['target_agreement']}" if choice["target_agreement"]
                                       is not None else "", f"top-1 drop <= {choice['max_drop']} points"
                                       if choice["max_drop"] is not None else "") if t)
-    table = Table(title=f"{key}: nodes kept in float until {target}" + ("" if choice["met"] else " (not met)"))
+    if choice.get("min_speedup") is not None:
+        target += f", CPU speed-up >= {choice['min_speedup']}x"
+    # a line of text, not the table's title: rich wraps a title to the table's width, and logs keep it whole
+    console.print(escape(f"{key}: nodes kept in float until {target}" + ("" if choice["met"] else " (not met)")),
+                  highlight=False)
+    table = Table()
     for column in ("float nodes", "added", "agreement", "top-1", "KL", "CPU ms (batch 1)", "vs FP32"):
         table.add_column(column)
     for row in choice["steps"]:
         top1 = "-" if row["top1"] is None else f"{row['top1']:.1%}"
-        table.add_row(str(row["float_nodes"]), row["added"] or "(full INT8)", f"{row['agreement']:.1%}", top1,
+        added = (row["added"] or "(full INT8)") + (" (too slow: back to INT8)" if row.get("too_slow") else "")
+        table.add_row(str(row["float_nodes"]), added, f"{row['agreement']:.1%}", top1,
                       f"{row['kl']:.3g}", f"{row['latency_ms']:.2f}", f"{row['speedup']:.2f}x")
     console.print(table)
 

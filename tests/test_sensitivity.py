@@ -177,6 +177,38 @@ def test_an_unreachable_target_keeps_the_step_closest_to_fp32_and_never_floats_e
     assert [len(step.float_nodes) for step in everything.steps] == list(range(len(without_fragile) + 1))
 
 
+def test_a_node_too_slow_to_keep_float_goes_back_to_int8_and_the_next_is_tried(fragile_onnx, calib, tmp_path,
+                                                                                sensitivity, monkeypatch):
+    """A speed floor the fragile conv's float step falls below (timed by a stand-in: float there costs 5x) keeps
+    it INT8: the loop moves on to the other nodes, and the chosen model never holds it float."""
+    import fgcli.calibration.sensitivity as sensitivity_module
+    from fgcli.calibration import quantized_nodes
+    from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes
+    import onnx
+
+    def float_fragile_is_slow(fp32_runner, int8_path, images, iterations):
+        _, quantized = quantized_nodes(onnx.load(str(int8_path)))
+        return (2.0 if FRAGILE in quantized else 10.0), 5.0  # INT8 ms, FP32 ms: 2.5x, or 0.5x with it float
+
+    monkeypatch.setattr(sensitivity_module, "cpu_latencies", float_fragile_is_slow)
+    builder = Int8Builder(fragile_onnx, "ort", calib, tmp_path)
+    images = _images(64, 2)
+    choice, result = choose_float_nodes(builder, sensitivity.ranked_names, tmp_path / "auto.onnx", images,
+                                        target_agreement=0.9, min_speedup=1.8)
+    assert not choice.met and choice.steps[1].float_nodes == [FRAGILE] and choice.steps[1].too_slow
+    assert [step.too_slow for step in choice.steps] == [False, True] + [False] * (len(choice.steps) - 2)
+    assert all(FRAGILE not in step.float_nodes for step in choice.steps[2:])
+    assert len(choice.steps) == len(sensitivity.ranked_names) + 1  # every other node was still tried, one by one
+    assert FRAGILE not in choice.chosen.float_nodes and choice.chosen.speedup >= 1.8
+    assert FRAGILE in quantized_nodes(onnx.load(str(result.output_path)))[1]
+    record = choice.to_dict()
+    assert record["min_speedup"] == 1.8 and record["steps"][1]["too_slow"] and not record["steps"][0]["too_slow"]
+
+    fast, _ = choose_float_nodes(builder, sensitivity.ranked_names, tmp_path / "fast.onnx", images,
+                                 target_agreement=0.9, min_speedup=0.4)  # a floor the fragile step clears
+    assert fast.met and fast.chosen.float_nodes == [FRAGILE] and not any(step.too_slow for step in fast.steps)
+
+
 def test_a_target_above_one_or_no_target_is_a_clear_error(fragile_onnx, calib, tmp_path):
     from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes
 
@@ -185,6 +217,8 @@ def test_a_target_above_one_or_no_target_is_a_clear_error(fragile_onnx, calib, t
         choose_float_nodes(builder, [], tmp_path / "auto.onnx", _images(4, 2), target_agreement=1.5)
     with pytest.raises(FgcliError, match="needs a target"):
         choose_float_nodes(builder, [], tmp_path / "auto.onnx", _images(4, 2))
+    with pytest.raises(FgcliError, match="min-speedup 0.0 is not a positive ratio"):
+        choose_float_nodes(builder, [], tmp_path / "auto.onnx", _images(4, 2), target_agreement=0.9, min_speedup=0.0)
     assert builder.builds == 0
 
 
@@ -258,6 +292,10 @@ def test_export_refuses_a_target_above_one_or_without_int8(tmp_path):
                                                           target_agreement=1.5))
     with pytest.raises(FgcliError, match="add --int8"):
         export_all(tmp_path / "missing.pt", ExportOptions(out_dir=tmp_path, max_drop=0.5))
+    with pytest.raises(FgcliError, match="--min-speedup bounds automatic mixed precision") as error:
+        export_all(tmp_path / "missing.pt", ExportOptions(out_dir=tmp_path, int8=True, calib_data=str(tmp_path),
+                                                          min_speedup=1.8))
+    assert "--target-agreement" in error.value.hint
 
 
 def test_cli_export_rejects_a_target_agreement_above_one(tmp_path):
@@ -304,11 +342,13 @@ def test_cli_export_with_a_target_on_a_trained_checkpoint_prints_the_trade_off(t
 
     result = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--out", str(tmp_path), "--int8",
                                       "--int8-backend", "ort", "--calib-data", str(tiny_dataset), "--calib-size", "24",
-                                      "--target-agreement", "0.99"])
+                                      "--target-agreement", "0.99", "--min-speedup", "0.01"])
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "export.json").read_text())["artifacts"]["onnx-int8-ort-auto"]
     choice = info["auto_precision"]
     assert choice["target_agreement"] == 0.99 and [s["float_nodes"] for s in choice["steps"]] == list(
         range(len(choice["steps"])))
+    assert choice["min_speedup"] == 0.01 and "CPU speed-up >= 0.01x" in result.output  # a floor every step clears
+    assert not any(step["too_slow"] for step in choice["steps"])
     assert choice["met"] == (choice["agreement"] >= 0.99) and "nodes kept in float" in result.output
     assert read_onnx_metadata(tmp_path / "model.ort-int8-auto.onnx")["auto_float_nodes"] == choice["float_nodes"]

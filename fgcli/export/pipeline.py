@@ -42,6 +42,7 @@ class ExportOptions:
     max_drop: float | None = None  # ... and / or until top-1 is at most this many points below FP32
     val_size: int = 256  # validation images (val / test split) the target is measured on
     auto_backend: str | None = None  # which INT8 backends get the mixed-precision model (None: int8_backend)
+    min_speedup: float | None = None  # ... never keeping a node float that takes the CPU speed-up below this
 
     @property
     def auto_precision(self) -> bool:
@@ -81,10 +82,12 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
         raise FgcliError("--deepstream-calib-cache is for the DeepStream config", hint="add --deepstream")
     if opts.int8 and not (opts.calib_data or opts.check_data):
         raise FgcliError("--int8 needs calibration images", hint="pass --calib-data DATASET (its train split is sampled)")
+    if opts.min_speedup is not None and not opts.auto_precision:
+        raise FgcliError("--min-speedup bounds automatic mixed precision", hint="add --target-agreement or --max-drop")
     if opts.auto_precision:
         from fgcli.calibration.sensitivity import check_targets
 
-        check_targets(opts.target_agreement, opts.max_drop)
+        check_targets(opts.target_agreement, opts.max_drop, opts.min_speedup)
         if not opts.int8:
             raise FgcliError("--target-agreement / --max-drop choose INT8's float nodes", hint="add --int8")
     out = Path(opts.out_dir)
@@ -255,15 +258,20 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
 
             choice, result = choose_float_nodes(
                 builder, ranked, onnx_path.with_name(name), validation.images, validation.labels,
-                target_agreement=opts.target_agreement, max_drop=opts.max_drop,
+                target_agreement=opts.target_agreement, max_drop=opts.max_drop, min_speedup=opts.min_speedup,
                 step_done=lambda s: step(f"{backend} mixed precision: {len(s.float_nodes)} float nodes, agreement "
-                                         f"{s.error.agreement:.1%}, CPU {s.speedup:.2f}x FP32"))
+                                         f"{s.error.agreement:.1%}, CPU {s.speedup:.2f}x FP32"
+                                         + (" (too slow: back to INT8)" if s.too_slow else "")))
         update_metadata(result.output_path, auto_float_nodes=choice.chosen.float_nodes,
                         target_agreement=choice.target_agreement, max_drop=choice.max_drop,
-                        auto_agreement=choice.chosen.error.agreement)
+                        min_speedup=choice.min_speedup, auto_agreement=choice.chosen.error.agreement)
         chosen.extend(choice.chosen.float_nodes)
         summary.artifacts[key] = {**result.to_dict(), "auto_precision": choice.to_dict(),
                                   "sensitivity": measured[0].to_dict() if measured else None}
+        too_slow = [s.float_nodes[-1] for s in choice.steps if s.too_slow]
+        if too_slow:
+            summary.notes.append(f"{backend}: {len(too_slow)} nodes stayed INT8 because keeping them float took the "
+                                 f"CPU speed-up below --min-speedup {choice.min_speedup} (first: {too_slow[0]})")
         if not choice.met:
             summary.notes.append(f"{backend}: the target was not met with up to {len(choice.steps[-1].float_nodes)} "
                                  f"of the {len(measured[0].nodes)} measured nodes in float; kept the closest step: "
