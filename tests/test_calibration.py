@@ -183,6 +183,18 @@ def test_ort_int8_quantizes_and_stays_close_to_fp32(fp32_onnx, calib, tmp_path):
     assert_int8_model(result, fp32_onnx, out, calib.images)
 
 
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_ort_histogram_calibration_takes_a_count_that_batches_do_not_divide(fp32_onnx, calib, method, tmp_path):
+    """21 images in batches of 16 left a last batch of 5, and ORT's histogram collector failed to stack them."""
+    from fgcli.calibration.ort_int8 import equal_batch_size, quantize_ort
+
+    assert len(calib) == 21 and equal_batch_size(21, 16) == 7 and equal_batch_size(13, 16) == 13
+    out = tmp_path / f"model.{method}.onnx"
+    result = quantize_ort(fp32_onnx, calib, out, calib_method=method, batch_size=16)
+    assert result.calib_method == method
+    assert_int8_model(result, fp32_onnx, out, calib.images)
+
+
 def test_ort_int8_reads_calib_npz_and_rejects_a_size_mismatch(fp32_onnx, calib_data, tmp_path):
     from fgcli.calibration.ort_int8 import quantize_ort
 

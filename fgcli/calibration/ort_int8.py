@@ -25,6 +25,16 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 PURPOSE = "INT8 quantization with ONNX Runtime"
 
 
+#: ORT's histogram calibrators stack every batch's activations into one array (``np.asarray`` over the batches),
+#: which fails ("inhomogeneous shape") when the last batch is smaller than the others
+HISTOGRAM_METHODS = ("entropy", "percentile")
+
+
+def equal_batch_size(count: int, largest: int) -> int:
+    """The largest batch size up to ``largest`` that splits ``count`` images into equal batches."""
+    return max(size for size in range(1, min(largest, count) + 1) if count % size == 0)
+
+
 class CalibrationBatches:
     """ONNX Runtime ``CalibrationDataReader`` (duck-typed: ORT checks for ``get_next``) over a calibration set."""
 
@@ -62,6 +72,8 @@ def quantize_ort(onnx_path: str | Path, calib: CalibrationSet | str | Path, out_
 
     method = {"minmax": quantization.CalibrationMethod.MinMax, "entropy": quantization.CalibrationMethod.Entropy,
               "percentile": quantization.CalibrationMethod.Percentile}[calib_method]
+    if calib_method in HISTOGRAM_METHODS:
+        batch_size = equal_batch_size(len(calib), batch_size)
     with tempfile.TemporaryDirectory(prefix="fgcli-ort-int8-") as work:
         prepared, quantized_path = Path(work) / "model.pre.onnx", Path(work) / "model.int8.onnx"
         start = time.perf_counter()
