@@ -284,6 +284,37 @@ def test_export_auto_precision_writes_the_choice_into_export_record_and_metadata
     assert json.loads(props[AUTO_FLOAT_NODES_KEY]) == [FRAGILE]
 
 
+def test_auto_calib_starts_the_loop_from_the_calibration_closest_to_fp32(fragile_onnx, calib, tmp_path):
+    """Every ONNX Runtime method is tried on full INT8; the closest to FP32 (agreement, then KL) calibrates the
+    mixed-precision model, and export.json keeps what each one reached."""
+    from conftest import write_tiny_folder_dataset
+    from fgcli.calibration.ort_int8 import CALIB_METHODS
+    from fgcli.calibration.sensitivity import best_calibration, output_error, validation_logits
+    from fgcli.export.pipeline import ExportOptions, ExportSummary, _auto_precision
+
+    images = _images(64, 2)
+    builder, errors = best_calibration(fragile_onnx, "ort", calib, tmp_path / "work", images)
+    assert tuple(errors) == CALIB_METHODS and builder.builds == 1
+    assert builder.calib_method == max(errors, key=lambda m: (errors[m].agreement, -errors[m].kl))
+    rebuilt = builder.build(tmp_path / "again.onnx")
+    assert rebuilt.calib_method == builder.calib_method
+    assert output_error(validation_logits(fragile_onnx, images), validation_logits(rebuilt.output_path, images)
+                        ).agreement == errors[builder.calib_method].agreement
+
+    data = write_tiny_folder_dataset(tmp_path / "data", {"train": 4, "test": 8})
+    fp32 = _save(_tiny_model(), tmp_path / "export" / "model.onnx")
+    opts = ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="ort", calib_data=str(data),
+                         target_agreement=0.9, auto_calib=True)
+    summary, steps = ExportSummary(fp32.parent), []
+    _auto_precision(fp32, calib, opts, summary, steps.append)
+    info = summary.artifacts["onnx-int8-ort-auto"]
+    tried = info["calibration_methods"]
+    assert tuple(tried) == CALIB_METHODS and info["calib_method"] == max(
+        tried, key=lambda m: (tried[m]["agreement"], -tried[m]["kl"]))
+    assert info["auto_precision"]["steps"][0]["agreement"] == tried[info["calib_method"]]["agreement"]
+    assert any(f"calibration: {info['calib_method']} is closest to FP32" in s for s in steps)
+
+
 def test_export_refuses_a_target_above_one_or_without_int8(tmp_path):
     from fgcli.export.pipeline import ExportOptions, export_all
 
@@ -296,6 +327,9 @@ def test_export_refuses_a_target_above_one_or_without_int8(tmp_path):
         export_all(tmp_path / "missing.pt", ExportOptions(out_dir=tmp_path, int8=True, calib_data=str(tmp_path),
                                                           min_speedup=1.8))
     assert "--target-agreement" in error.value.hint
+    with pytest.raises(FgcliError, match="--auto-calib chooses the calibration of the mixed-precision model"):
+        export_all(tmp_path / "missing.pt", ExportOptions(out_dir=tmp_path, int8=True, calib_data=str(tmp_path),
+                                                          auto_calib=True))
 
 
 def test_cli_export_rejects_a_target_agreement_above_one(tmp_path):

@@ -43,6 +43,7 @@ class ExportOptions:
     val_size: int = 256  # validation images (val / test split) the target is measured on
     auto_backend: str | None = None  # which INT8 backends get the mixed-precision model (None: int8_backend)
     min_speedup: float | None = None  # ... never keeping a node float that takes the CPU speed-up below this
+    auto_calib: bool = False  # ... starting from the calibration method whose full INT8 is closest to FP32
 
     @property
     def auto_precision(self) -> bool:
@@ -84,6 +85,9 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
         raise FgcliError("--int8 needs calibration images", hint="pass --calib-data DATASET (its train split is sampled)")
     if opts.min_speedup is not None and not opts.auto_precision:
         raise FgcliError("--min-speedup bounds automatic mixed precision", hint="add --target-agreement or --max-drop")
+    if opts.auto_calib and not opts.auto_precision:
+        raise FgcliError("--auto-calib chooses the calibration of the mixed-precision model",
+                         hint="add --target-agreement or --max-drop")
     if opts.auto_precision:
         from fgcli.calibration.sensitivity import check_targets
 
@@ -235,7 +239,9 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
     and in the model's metadata."""
     import tempfile
 
-    from fgcli.calibration.sensitivity import (Int8Builder, check_validation, choose_float_nodes,
+    from dataclasses import asdict
+
+    from fgcli.calibration.sensitivity import (Int8Builder, best_calibration, check_validation, choose_float_nodes,
                                                measure_sensitivity, validation_subset)
 
     validation = validation_subset(opts.check_data or opts.calib_data, calib.preprocess, size=opts.val_size)
@@ -246,8 +252,15 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
     for backend in backends:
         key, name = AUTO_ARTIFACTS[backend]
         with tempfile.TemporaryDirectory(prefix="fgcli-auto-precision-") as work:
-            builder = Int8Builder(onnx_path, backend, calib, work, fp16=opts.fp16, calib_method=opts.calib_method,
-                                  device=opts.device)
+            tried = {}
+            if opts.auto_calib:
+                builder, tried = best_calibration(onnx_path, backend, calib, work, validation.images,
+                                                  validation.labels, fp16=opts.fp16, device=opts.device)
+                step(f"{backend} calibration: {builder.calib_method} is closest to FP32 (full INT8 agreement "
+                     + ", ".join(f"{method} {error.agreement:.1%}" for method, error in tried.items()) + ")")
+            else:
+                builder = Int8Builder(onnx_path, backend, calib, work, fp16=opts.fp16,
+                                      calib_method=opts.calib_method, device=opts.device)
             measured = []
 
             def ranked() -> list[str]:  # only when full INT8 misses the target
@@ -267,7 +280,8 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
                         min_speedup=choice.min_speedup, auto_agreement=choice.chosen.error.agreement)
         chosen.extend(choice.chosen.float_nodes)
         summary.artifacts[key] = {**result.to_dict(), "auto_precision": choice.to_dict(),
-                                  "sensitivity": measured[0].to_dict() if measured else None}
+                                  "sensitivity": measured[0].to_dict() if measured else None,
+                                  "calibration_methods": {method: asdict(error) for method, error in tried.items()}}
         too_slow = [s.float_nodes[-1] for s in choice.steps if s.too_slow]
         if too_slow:
             summary.notes.append(f"{backend}: {len(too_slow)} nodes stayed INT8 because keeping them float took the "
