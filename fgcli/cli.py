@@ -631,6 +631,7 @@ def report(
     cam_images: int = typer.Option(4, "--cam-images", min=0, help="Test images drawn in OUT/report_cam.png: occlusion maps of FP32 next to every INT8 / FP16 variant (0: none)."),
     compare: bool = typer.Option(False, "--compare", help="Put report.json files from several machines or methods into one table and plot (compare.md / .json / .png)."),
     target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="Also report INT8 with measured mixed precision (onnx-int8-modelopt-auto, onnx-int8-ort-auto): nodes kept float until this agreement with FP32, e.g. 0.99 (as fgcli export --target-agreement)."),
+    auto_calib: bool = typer.Option(False, "--auto-calib", help="With --target-agreement: calibrate the -auto variants with the method whose full INT8 is closest to FP32 (as fgcli export --auto-calib)."),
     qat: Optional[Path] = typer.Option(None, "--qat", help="Also report onnx-int8-qat: the Q/DQ ONNX of this QAT run (fgcli train --qat --weights SOURCE), next to SOURCE's post-training INT8. A QAT checkpoint given as SOURCE is reported against the FP32 run it came from."),
 ) -> None:
     """Accuracy and speed of every variant of a model on this machine, side by side, in one run.
@@ -658,7 +659,8 @@ def report(
     source = sources[0]
     _report(source, data, out or (source.parent if source.is_file() else source) / "report", formats=formats,
             batch_sizes=batch_sizes, device=device, iterations=iterations, warmup=warmup, calib_size=calib_size,
-            split=split, layout=dataset, cam_images=cam_images, target_agreement=target_agreement, qat=qat)
+            split=split, layout=dataset, cam_images=cam_images, target_agreement=target_agreement, qat=qat,
+            auto_calib=auto_calib)
 
 
 def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:

@@ -25,6 +25,7 @@ def pytest_terminal_summary(terminalreporter):
         cells = [f"{name} {v['top1']:.3f} / {v['agreement']:.3f} / {v['p50_ms']:.1f}"
                  + ("" if v.get("float_nodes") is None else f" / {v['float_nodes']}")
                  + ("" if "target_met" not in v else " (target met)" if v["target_met"] else " (target NOT met)")
+                 + ("" if "calib_method" not in v else f" ({v['calib_method']} ranges)")
                  for name, v in row.items() if name != "method"]
         terminalreporter.write_line(f"{row['method']}: " + "; ".join(cells))
 

@@ -365,6 +365,27 @@ def test_report_shows_the_auto_variant_and_its_float_nodes_beside_plain_int8(cal
     assert headers[-1] == "float nodes" and [row[-1] for row in cells] == ["—", "0", "1"]
 
 
+def test_report_auto_calib_calibrates_the_auto_variant_and_is_part_of_the_reuse_key(tiny_checkpoint, tiny_dataset,
+                                                                                    tmp_path):
+    from fgcli.calibration.ort_int8 import CALIB_METHODS
+    from fgcli.report import build_report
+
+    with pytest.raises(FgcliError, match="--auto-calib calibrates the mixed-precision variants"):
+        build_report(tiny_checkpoint, tiny_dataset, tmp_path / "refused", auto_calib=True)
+    options = dict(batch_sizes=(1,), iterations=2, warmup=0, cam_images=0, calib_size=24, target_agreement=0.99,
+                   formats="onnx-fp32,onnx-int8-ort-auto")
+    build_report(tiny_checkpoint, tiny_dataset, tmp_path / "report", auto_calib=True, **options)
+    export = tmp_path / "report" / "export"
+    info = json.loads((export / "export.json").read_text())["artifacts"]["onnx-int8-ort-auto"]
+    assert tuple(info["calibration_methods"]) == CALIB_METHODS and info["calib_method"] in CALIB_METHODS
+    assert json.loads((export / "source.json").read_text())["auto_calib"] is True
+
+    again = build_report(tiny_checkpoint, tiny_dataset, tmp_path / "report", **options)  # other settings: re-export
+    assert any("other calibration settings" in note for note in again["notes"])
+    info = json.loads((export / "export.json").read_text())["artifacts"]["onnx-int8-ort-auto"]
+    assert info["calibration_methods"] == {} and info["calib_method"] == "minmax"
+
+
 @pytest.mark.slow
 def test_cli_export_with_a_target_on_a_trained_checkpoint_prints_the_trade_off(tiny_checkpoint, tiny_dataset,
                                                                               tmp_path):

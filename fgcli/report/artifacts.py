@@ -32,10 +32,11 @@ EXPORT_FILES = (*ONNX_FILES.values(), "calib.npz", "export.json", *DERIVED_FILES
 def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant], data: Path, calib_size: int,
                       step: Callable[[str], None], target_agreement: float | None = None,
                       val_size: int = 256, max_drop: float | None = None,
-                      qat_checkpoint: Path | None = None) -> list[str]:
+                      qat_checkpoint: Path | None = None, auto_calib: bool = False) -> list[str]:
     """Export the ONNX files the runnable ``variants`` need into ``export_dir`` (or reuse current ones) and
     set each ONNX variant's path and export / calibration seconds. ``target_agreement``: the target of the
-    mixed-precision (auto) variants, measured on ``val_size`` val (else test) images. ``qat_checkpoint``: the
+    mixed-precision (auto) variants, measured on ``val_size`` val (else test) images, calibrated with the method
+    closest to FP32 when ``auto_calib`` (``fgcli export --auto-calib``). ``qat_checkpoint``: the
     QAT run (``fgcli train --qat``) whose model.qat.onnx the ``onnx-int8-qat`` variant measures. Returns notes
     for the report."""
     from fgcli.export.pipeline import ExportOptions, export_all
@@ -47,6 +48,7 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
     record = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
               "calib_data": str(Path(data).resolve()), "calib_size": calib_size, "target_agreement": target_agreement,
               "val_size": val_size if target_agreement is not None else None, "max_drop": max_drop,
+              "auto_calib": auto_calib or None,  # None, not False: records written before the option match
               "qat_sha256": sha256_file(qat_checkpoint) if QAT_VARIANT in needed else None}
     previous = _read_json(export_dir / SOURCE_RECORD)
     if not _same_source(previous, record):
@@ -73,6 +75,7 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
         auto = [b for b, key in (("modelopt", "onnx-int8-modelopt-auto"), ("ort", "onnx-int8-ort-auto")) if key in needed]
         if auto:
             options.target_agreement, options.val_size, options.max_drop = target_agreement, val_size, max_drop
+            options.auto_calib = auto_calib
             options.auto_backend = "both" if len(auto) == 2 else auto[0]
         qat_artifact = {k: v for k, v in artifacts.items() if k == QAT_VARIANT}  # export_all rewrites export.json
         summary = export_all(checkpoint, options, step=step)
@@ -190,7 +193,7 @@ def _needed_onnx(variants: list[Variant]) -> list[str]:
 def _same_source(previous: dict[str, Any], record: dict[str, Any]) -> bool:
     """Same checkpoint bytes and calibration settings (the checkpoint may have moved)."""
     return all(previous.get(key) == record[key] for key in ("sha256", "calib_data", "calib_size", "target_agreement",
-                                                         "val_size", "max_drop", "qat_sha256"))
+                                                         "val_size", "max_drop", "qat_sha256", "auto_calib"))
 
 
 def _remove(folder: Path, names: tuple[str, ...]) -> list[str]:

@@ -94,6 +94,7 @@ def build_report(
     max_drop: float | None = None,
     qat: str | Path | None = None,
     hooks: ReportHooks | None = None,
+    auto_calib: bool = False,
 ) -> dict[str, Any]:
     """Evaluate and time every variant of a model on ``split`` of ``data``; returns the report dict.
 
@@ -110,7 +111,8 @@ def build_report(
     ``target_agreement``: also report INT8 with measured mixed precision (the ``-auto`` variants, see
     ``fgcli export --target-agreement``); without it they are reported only from an export folder holding them.
     ``val_size``: the val (else test) images the target is measured on; ``max_drop``: with a target, also keep
-    top-1 at most this many points below FP32 there.
+    top-1 at most this many points below FP32 there; ``auto_calib``: calibrate them with the method whose full
+    INT8 is closest to FP32 (``fgcli export --auto-calib``).
     ``qat``: a QAT run's checkpoint (``fgcli train --qat --weights SOURCE``): adds ``onnx-int8-qat``, its Q/DQ
     ONNX, beside the PTQ variants of ``source``. A QAT checkpoint given as ``source`` is reported that way against
     the FP32 run it was fine-tuned from.
@@ -125,6 +127,8 @@ def build_report(
         raise FgcliError(f"iterations ({iterations}) and calib_size ({calib_size}) must be >= 1, "
                          f"warmup ({warmup}) >= 0")
     names = parse_formats(formats)
+    if auto_calib and target_agreement is None:
+        raise FgcliError("--auto-calib calibrates the mixed-precision variants", hint="add --target-agreement")
     if target_agreement is None:  # an export folder's auto variants are reported when it has their files
         names = [name for name in names if name not in AUTO_VARIANTS or _in_export_folder(source, name)]
     else:
@@ -138,7 +142,7 @@ def build_report(
         raise FgcliError(f"the {split} split of {data} has no images", hint="pick another --split")
     variants = plan_variants(names, checkpoint=checkpoint is not None, export_dir=export_dir, device=device)
     notes = _prepare_files(source, checkpoint, export_dir, variants, data, calib_size, batch_sizes[-1], device, hooks,
-                           target_agreement, val_size, max_drop, qat)
+                           target_agreement, val_size, max_drop, qat, auto_calib)
     notes = [qat_note, *notes] if qat_note else notes
 
     with ExitStack() as stack:
@@ -260,12 +264,12 @@ def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
 def _prepare_files(source: Path, checkpoint: dict | None, export_dir: Path, variants: list[Variant], data: Path,
                    calib_size: int, max_batch: int, device: str, hooks: ReportHooks,
                    target_agreement: float | None = None, val_size: int = 256,
-                   max_drop: float | None = None, qat: Path | None = None) -> list[str]:
+                   max_drop: float | None = None, qat: Path | None = None, auto_calib: bool = False) -> list[str]:
     """Give every runnable variant its file: export from the checkpoint(s), or take the folder's; build engines."""
     notes = []
     if checkpoint is not None:
         notes = export_for_report(source, export_dir, variants, data, calib_size, hooks.step, target_agreement,
-                                  val_size, max_drop, qat_checkpoint=qat)
+                                  val_size, max_drop, qat_checkpoint=qat, auto_calib=auto_calib)
         for variant in variants:
             if variant.backend == TORCH and variant.available:
                 variant.path = source
