@@ -18,12 +18,13 @@ PREPROCESS = PreprocessConfig(img_size=16, resize_size=18)
 FRAGILE = "/fragile/Conv"
 
 
-def _tiny_model(fragile: bool = True, quantizable: bool = True):
+def _tiny_model(fragile: bool = True, quantizable: bool = True, channels: int = 8):
     """images -> conv a -> relu -> conv b -> relu -> conv c -> relu -> pool -> gemm -> logits.
 
     Conv a's channel 0 is always 0 after its ReLU (in INT8 too). In conv b (``FRAGILE``) every output channel's weight on that
     input channel is 1000: it multiplies zeros, so FP32 ignores it, but per-channel INT8 scales the channel's
     weights to it and rounds all the real ones (~0.3) to 0, so the conv outputs its bias whatever the image.
+    ``channels``: modelopt leaves convs as narrow as 8 channels in float by its own rule; 32 it quantizes.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -41,9 +42,10 @@ def _tiny_model(fragile: bool = True, quantizable: bool = True):
         graph = helper.make_graph(nodes, "nothing", [images], [logits])
     else:
         weights = {name: rng.normal(0, 0.3, shape).astype(np.float32) for name, shape in
-                   (("wa", (8, 3, 3, 3)), ("wb", (8, 8, 3, 3)), ("wc", (8, 8, 3, 3)), ("wg", (len(TINY_CLASSES), 8)))}
+                   (("wa", (channels, 3, 3, 3)), ("wb", (channels, channels, 3, 3)),
+                                    ("wc", (channels, channels, 3, 3)), ("wg", (len(TINY_CLASSES), channels)))}
         biases = {name: rng.normal(0, 0.1, size).astype(np.float32) for name, size in
-                  (("ba", 8), ("bb", 8), ("bc", 8), ("bg", len(TINY_CLASSES)))}
+                  (("ba", channels), ("bb", channels), ("bc", channels), ("bg", len(TINY_CLASSES)))}
         weights["wa"][0], biases["ba"][0] = 0.01, -50.0  # channel 0: about -50 before the ReLU, 0 after it
         if fragile:
             weights["wb"][:, 0, 1, 1] = 1000.0
@@ -111,6 +113,25 @@ def test_the_planted_fragile_conv_ranks_first_and_float_recovers_it(sensitivity)
         node.score for node in sensitivity.nodes if node.name == n))
     record = sensitivity.to_dict()
     assert record["nodes"][0]["name"] == FRAGILE and json.loads(json.dumps(record)) == record
+
+
+@pytest.mark.slow
+def test_modelopt_ranks_the_fragile_conv_first_and_its_loop_keeps_it_float(calib, tmp_path):
+    """The same measurement through modelopt's Q/DQ (each build calibrates in a child interpreter), on 32-channel
+    convs: modelopt keeps 8-channel ones float by itself, fragile or not."""
+    pytest.importorskip("modelopt")
+    from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes, measure_sensitivity
+
+    fragile_onnx = _save(_tiny_model(channels=32), tmp_path / "wide" / "model.onnx")
+    images = _images(64, seed=2)
+    builder = Int8Builder(fragile_onnx, "modelopt", calib, tmp_path)
+    result = measure_sensitivity(fragile_onnx, calib, images, backend="modelopt", builder=builder, alone=False)
+    assert result.full_int8.agreement < 0.6 and result.nodes[0].name == FRAGILE
+    assert result.nodes[0].kept_float.agreement >= 0.9
+    choice, model = choose_float_nodes(builder, result.ranked_names, tmp_path / "auto.onnx", images,
+                                       target_agreement=0.9, timing_iterations=1)
+    assert choice.met and choice.chosen.float_nodes == [FRAGILE] and model.quantizer == "modelopt"
+    assert FRAGILE not in model.quantized_nodes and "/c/Conv" in model.quantized_nodes
 
 
 def test_empty_validation_subset_is_a_clear_error(fragile_onnx, calib):
