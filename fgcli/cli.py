@@ -483,7 +483,7 @@ def _print_precision_steps(key: str, choice: dict) -> None:
     target = " and ".join(t for t in (f"agreement >= {choice['target_agreement']}" if choice["target_agreement"]
                                       is not None else "", f"top-1 drop <= {choice['max_drop']} points"
                                       if choice["max_drop"] is not None else "") if t)
-    if choice.get("min_speedup") is not None:
+    if choice["min_speedup"] is not None:
         target += f", CPU speed-up >= {choice['min_speedup']}x"
     # a line of text, not the table's title: rich wraps a title to the table's width, and logs keep it whole
     console.print(escape(f"{key}: nodes kept in float until {target}" + ("" if choice["met"] else " (not met)")),
@@ -493,7 +493,7 @@ def _print_precision_steps(key: str, choice: dict) -> None:
         table.add_column(column)
     for row in choice["steps"]:
         top1 = "-" if row["top1"] is None else f"{row['top1']:.1%}"
-        added = (row["added"] or "(full INT8)") + (" (too slow: back to INT8)" if row.get("too_slow") else "")
+        added = (row["added"] or "(full INT8)") + (" (too slow: back to INT8)" if row["too_slow"] else "")
         table.add_row(str(row["float_nodes"]), added, f"{row['agreement']:.1%}", top1,
                       f"{row['kl']:.3g}", f"{row['latency_ms']:.2f}", f"{row['speedup']:.2f}x")
     console.print(table)

@@ -43,7 +43,7 @@ def _tiny_model(fragile: bool = True, quantizable: bool = True, channels: int = 
     else:
         weights = {name: rng.normal(0, 0.3, shape).astype(np.float32) for name, shape in
                    (("wa", (channels, 3, 3, 3)), ("wb", (channels, channels, 3, 3)),
-                                    ("wc", (channels, channels, 3, 3)), ("wg", (len(TINY_CLASSES), channels)))}
+                    ("wc", (channels, channels, 3, 3)), ("wg", (len(TINY_CLASSES), channels)))}
         biases = {name: rng.normal(0, 0.1, size).astype(np.float32) for name, size in
                   (("ba", channels), ("bb", channels), ("bc", channels), ("bg", len(TINY_CLASSES)))}
         weights["wa"][0], biases["ba"][0] = 0.01, -50.0  # channel 0: about -50 before the ReLU, 0 after it
