@@ -193,3 +193,45 @@ def test_build_names_tensorrt(blocked, backend, extra, tiny_onnx, tmp_path):
     proc = _fgcli(tmp_path, blocked, "build", tiny_onnx, "--backend", backend, "--out", tmp_path / "m.engine")
     _assert_missing(proc, f"needs the Python package '{blocked}'")
     assert f"fgcli[{extra}]" in proc.stderr or "pip install tensorrt" in proc.stderr
+
+
+# --------------------------------------------------------------------------- pyproject's extras match the features
+def _extras() -> dict[str, set[str]]:
+    """Each extra of pyproject.toml -> the distributions it installs, with the fgcli[...] extras it names expanded."""
+    import re
+    import tomllib
+
+    from conftest import REPO_ROOT
+
+    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def expand(extra: str) -> set[str]:
+        names = set()
+        for requirement in declared[extra]:
+            nested = re.match(r"fgcli\[(.+)\]", requirement)
+            if nested:
+                names |= set().union(*(expand(name) for name in nested.group(1).split(",")))
+            else:
+                names.add(re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-"))
+        return names
+
+    return {extra: expand(extra) for extra in declared}
+
+
+def test_every_feature_module_is_declared_in_its_extra():
+    from fgcli.errors import distribution_of
+
+    extras = _extras()
+    for feature in doctor.FEATURES:
+        installs = set().union(*(extras[extra] for extra in feature.extra.split(",")))
+        for module in feature.modules:
+            distribution = distribution_of(module).lower().replace("_", "-")
+            assert distribution in installs, f"{feature.name}: {module} is not in fgcli[{feature.extra}]"
+
+
+def test_all_holds_every_feature_but_tensorrt_and_the_undeclared_imports_of_modelopt():
+    extras = _extras()
+    needed = {extra for feature in doctor.FEATURES for extra in feature.extra.split(",")} - {"trt"}
+    assert all(extras[extra] <= extras["all"] for extra in needed), needed
+    assert {"huggingface-hub", "requests", "lief", "onnx-graphsurgeon"} <= extras["quant"]
+    assert "tensorrt" not in extras["all"] and "onnxruntime-gpu" not in extras["all"]

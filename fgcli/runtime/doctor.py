@@ -250,7 +250,8 @@ def _memory_gib() -> float:
 # --------------------------------------------------------------------------- features
 @dataclass(frozen=True)
 class Feature:
-    """Something fgcli can do, ready when every module it imports imports here (``fgcli doctor --need NAME``)."""
+    """Something fgcli can do, ready when every module it imports imports here (``fgcli doctor --need NAME``);
+    ``extra`` is what ``pip install 'fgcli[EXTRA]'`` needs for it (one extra, or several comma-separated)."""
 
     name: str
     label: str
@@ -276,7 +277,7 @@ class FeatureCheck:
 FEATURES = (
     Feature("train", "training, evaluation, PyTorch checkpoints (fgcli train / eval)", "torch",
             ("torch", "torchvision", "scipy.io")),
-    Feature("export", "ONNX export and ONNX Runtime (fgcli export, predict model.onnx)", "onnx",
+    Feature("export", "ONNX export and ONNX Runtime (fgcli export, predict model.onnx)", "torch,onnx",
             ("torch", "onnx", "onnxslim", "onnxruntime")),
     Feature("qat", "quantization-aware training (fgcli train --qat)", "quant",
             ("torch", "modelopt.torch.quantization", "modelopt.torch.opt")),
