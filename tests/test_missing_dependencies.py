@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import fgcli_env, fgcli_script, import_blocker
+from fake_tensorrt import install_fakes
 from fgcli.cli import app
 from fgcli.errors import FgcliError, MissingDependencyError, missing_module_of
 from fgcli.runtime import doctor
@@ -115,6 +116,23 @@ def test_doctor_need_exits_1_only_when_a_named_feature_is_not_ready(fake_feature
     not_ready = runner.invoke(app, ["doctor", "--need", "good,child"])
     assert not_ready.exit_code == 1
     assert "not ready" in not_ready.stdout and "fix: pip install absent_child" in not_ready.stdout
+
+
+@pytest.mark.parametrize("cuda_python, gpu, problem", [
+    (True, "NVIDIA H200", None),
+    (True, "none found", "needs an NVIDIA GPU; none was found (none found)"),
+    (False, "NVIDIA H200", "needs the Python package 'cuda-python' (or PyTorch with CUDA)"),
+])
+def test_tensorrt_is_ready_with_its_bindings_a_way_to_the_gpu_and_a_gpu(monkeypatch, cuda_python, gpu, problem):
+    install_fakes(monkeypatch, "10.3.0")
+    if not cuda_python:
+        for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart", "torch"):
+            monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setattr(doctor, "_gpu", lambda: {"gpu_name": gpu, "gpu_compute_capability": "9.0"})
+    [check] = check_features(["trt"])
+    assert check.ready == (problem is None)
+    assert problem is None or problem in check.problem
+    assert check.missing == (None if cuda_python else "cuda-python")
 
 
 def test_an_unknown_feature_lists_the_known_ones():

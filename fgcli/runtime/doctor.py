@@ -336,7 +336,11 @@ def _gpu_problem(feature: Feature) -> tuple[str | None, str | None, str | None]:
     (cuda-python, else PyTorch with CUDA, as ``open_device_memory`` tries them), then a GPU; all None when ready."""
     from fgcli.runtime.tensorrt_runner import _import_cuda_torch, _import_cudart
 
-    if _safe(lambda: _import_cudart() is not None or _import_cuda_torch() is not None) != "True":
+    try:
+        reachable = _import_cudart() is not None or _import_cuda_torch() is not None
+    except Exception:  # a CUDA runtime that breaks on import cannot move data either
+        reachable = False
+    if not reachable:
         return ("cuda-python",
                 f"{feature.label} needs the Python package 'cuda-python' (or PyTorch with CUDA) to move data to and "
                 "from the GPU, which is not installed",
