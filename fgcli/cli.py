@@ -20,7 +20,8 @@ from rich.table import Table
 from typer.exceptions import TyperException
 
 from fgcli.console import make_console
-from fgcli.errors import INTERRUPTED_EXIT_CODE, FgcliError, Interrupted
+from fgcli.errors import (EXTRA_OF_MODULE, INTERRUPTED_EXIT_CODE, FgcliError, Interrupted, MissingDependencyError,
+                          missing_module_of)
 
 app = typer.Typer(
     help="Fine-grained visual classification: train, evaluate, export, quantize and deploy.",
@@ -35,14 +36,10 @@ console = make_console()  # results and data (--json)
 err_console = make_console(stderr=True)  # errors, notes and progress displays
 
 
-#: optional packages and the extra that installs each (a deployment box may lack torch, say)
 #: the largest --img-size / --resize-size accepted (FGVC uses 448; 2048 is already beyond any GPU batch)
 MAX_IMG_SIZE = 2048
 #: the smallest TensorRT --workspace, GiB (less leaves the builder no tactics)
 MIN_WORKSPACE_GIB = 0.125
-
-_EXTRA_OF_PACKAGE = {"torch": "torch", "torchvision": "torch", "scipy": "torch", "onnx": "onnx",
-                     "onnxruntime": "onnx", "onnxslim": "onnx", "modelopt": "quant", "matplotlib": "report"}
 
 
 def main() -> None:
@@ -53,20 +50,12 @@ def main() -> None:
         # instead of exiting; that code is the exit status
         code = app(standalone_mode=False)
     except FgcliError as exc:
-        label = "[yellow]interrupted:[/]" if isinstance(exc, Interrupted) else "[bold red]error:[/]"
-        err_console.print(f"{label} {escape(exc.message)}", highlight=False)
-        if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
-        sys.exit(exc.exit_code)
-    except ImportError as exc:
-        missing = exc.name or ""
-        extra = _EXTRA_OF_PACKAGE.get(missing.split(".")[0])
-        if extra is None:
+        _exit_with(exc)
+    except ImportError as exc:  # a module-level import outside optional_import (a deployment box may lack torch)
+        missing = (missing_module_of(exc) or "").split(".")[0]
+        if missing not in EXTRA_OF_MODULE:
             raise
-        err_console.print(f"[bold red]error:[/] this command needs the Python package '{missing}', which is not "
-                          "installed", highlight=False)
-        err_console.print(f"[yellow]hint:[/] {escape(f'pip install fgcli[{extra}]')}", highlight=False)
-        sys.exit(2)
+        _exit_with(MissingDependencyError(missing, EXTRA_OF_MODULE[missing], "This command"))
     except KeyboardInterrupt:  # outside a command: typer turns a Ctrl-C inside one into the code 130
         code = INTERRUPTED_EXIT_CODE
     except typer.Abort:
@@ -79,6 +68,15 @@ def main() -> None:
     if code == INTERRUPTED_EXIT_CODE:
         err_console.print("[yellow]interrupted[/] (Ctrl-C)", highlight=False)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_with(exc: FgcliError) -> None:
+    """Print an FgcliError (message, then hint) and exit with its status."""
+    label = "[yellow]interrupted:[/]" if isinstance(exc, Interrupted) else "[bold red]error:[/]"
+    err_console.print(f"{label} {escape(exc.message)}", highlight=False)
+    if exc.hint:
+        err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
+    sys.exit(exc.exit_code)
 
 
 def _progress() -> Progress:
@@ -600,15 +598,27 @@ def _print_sensitivity(result, top: int) -> None:
 
 
 @app.command()
-def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """What this machine offers for deployment: Python, torch / CUDA, ONNX Runtime, modelopt, TensorRT, GPU, Jetson, DLA."""
-    from fgcli.runtime.doctor import collect_environment, environment_table
+def doctor(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON: {features: [...], environment: {...}}."),
+    need: Optional[str] = typer.Option(None, "--need", help="Comma-separated features to check (train, export, qat, modelopt, ort-int8, trt, rtx, timm, tensorboard, plots, configs); exit status 1 when one is not ready."),
+) -> None:
+    """Which features run here (each checked by importing what it imports: ready, or what is missing and the
+    command that fixes it), then Python, torch / CUDA, ONNX Runtime, modelopt, TensorRT, GPU, Jetson, DLA."""
+    from dataclasses import asdict
 
+    from fgcli.runtime.doctor import (FEATURE_NAMES, check_features, collect_environment, environment_table,
+                                      feature_lines, parse_needed)
+
+    checks = check_features(parse_needed(need) if need else FEATURE_NAMES)
     env = collect_environment()
     if json_out:
-        print(json.dumps(env, indent=2))
+        print(json.dumps({"features": [asdict(check) for check in checks], "environment": env}, indent=2))
     else:
+        for line in feature_lines(checks):
+            console.print(line, highlight=False)
         console.print(environment_table(env))
+    if need and not all(check.ready for check in checks):
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- report

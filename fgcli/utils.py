@@ -135,7 +135,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def optional_import(module: str, extra: str, purpose: str):
-    """Import an optional dependency or raise a MissingDependencyError naming the extra."""
+    """Import an optional dependency, or raise a MissingDependencyError naming the module that is actually missing
+    (``huggingface_hub`` for ``modelopt.torch``, not ``modelopt``) and the extra that brings it."""
     import importlib
 
     from fgcli.errors import MissingDependencyError
@@ -143,7 +144,7 @@ def optional_import(module: str, extra: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+        raise MissingDependencyError.from_import_error(module, extra, purpose, exc) from exc
 
 
 class DeferredInterrupt:

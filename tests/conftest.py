@@ -85,6 +85,14 @@ sys.meta_path.insert(0, BlockImports())
 """
 
 
+def import_blocker(folder: Path, *packages: str) -> Path:
+    """A folder whose sitecustomize.py makes ``packages`` unimportable in a subprocess that has it on its path."""
+    folder = folder / ("block-" + "-".join(packages))
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(block_imports_script(*packages))
+    return folder
+
+
 #: prepended to a ``python -c`` script: every ``import torch`` in it fails, as on a Jetson without PyTorch
 BLOCK_TORCH = block_imports_script("torch")
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import block_imports_script, fgcli_env, fgcli_script
+from conftest import fgcli_env, fgcli_script, import_blocker
 
 #: the hint of fgcli build / export --trt is only given where TensorRT is missing (blocking it would also hide
 #: it from torch, which probes for it)
@@ -260,14 +260,6 @@ def test_topk_above_the_class_count_lists_every_class_with_a_note(tiny_onnx, tin
 
 
 # --------------------------------------------------------------------------- whole lines in a log file
-def _blocker(folder: Path, *packages: str) -> Path:
-    """A folder whose sitecustomize.py makes ``packages`` unimportable in a subprocess that has it on its path."""
-    folder = folder / ("block-" + "-".join(packages))
-    folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text(block_imports_script(*packages))
-    return folder
-
-
 def _one_line_with(lines: list[str], *parts: str) -> str:
     matches = [line for line in lines if all(part in line for part in parts)]
     assert matches, "\n".join(lines)
@@ -296,7 +288,7 @@ def test_a_missing_package_error_stays_whole_in_a_log_file(tiny_onnx, tiny_datas
     model = tmp_path / DEEP / "model.onnx"
     model.parent.mkdir(parents=True)
     shutil.copyfile(tiny_onnx, model)
-    env = fgcli_env(_blocker(tmp_path, "onnxruntime"))
+    env = fgcli_env(import_blocker(tmp_path, "onnxruntime"))
     code, lines = fgcli_to_log(tmp_path / "predict.log", "predict", model, tiny_dataset / "test", env=env)
     assert code == 2
     _one_line_with(lines, "error:", f"Running the ONNX model {model} needs the Python package 'onnxruntime'")

@@ -1,4 +1,5 @@
-"""`fgcli doctor`: what this machine can run (versions, GPU, Jetson, DLA), without ever failing.
+"""`fgcli doctor`: which features this machine can run (each checked by importing what it imports), and what it
+has (versions, GPU, Jetson, DLA), without ever failing.
 
 Every probe is defensive: a missing package reads "not installed", a probe that breaks reads "error: ...".
 Versions come from package metadata, so nothing heavy is imported just to print a version; torch,
@@ -15,6 +16,8 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -242,3 +245,134 @@ def _dla_from_model(model: str) -> str:
 def _memory_gib() -> float:
     match = re.search(r"MemTotal:\s+(\d+) kB", _read_text(MEMINFO) or "")
     return int(match.group(1)) / 2**20 if match else 0.0
+
+
+# --------------------------------------------------------------------------- features
+@dataclass(frozen=True)
+class Feature:
+    """Something fgcli can do, ready when every module it imports imports here (``fgcli doctor --need NAME``);
+    ``extra`` is what ``pip install 'fgcli[EXTRA]'`` needs for it (one extra, or several comma-separated)."""
+
+    name: str
+    label: str
+    extra: str
+    modules: tuple[str, ...]
+    needs_gpu: bool = False
+
+
+@dataclass
+class FeatureCheck:
+    """One feature's verdict: ready, or the problem (naming the missing module) and the command that fixes it."""
+
+    name: str
+    label: str
+    extra: str
+    ready: bool
+    missing: str | None = None
+    problem: str | None = None
+    fix: str | None = None
+
+
+#: each feature imports what its commands import; the README's "Install" table lists the same features
+FEATURES = (
+    Feature("train", "training, evaluation, PyTorch checkpoints (fgcli train / eval)", "torch",
+            ("torch", "torchvision", "scipy.io")),
+    Feature("export", "ONNX export and ONNX Runtime (fgcli export, predict model.onnx)", "torch,onnx",
+            ("torch", "onnx", "onnxslim", "onnxruntime")),
+    Feature("qat", "quantization-aware training (fgcli train --qat)", "quant",
+            ("torch", "modelopt.torch.quantization", "modelopt.torch.opt")),
+    Feature("modelopt", "modelopt INT8 post-training quantization (fgcli export --int8)", "quant",
+            ("onnx", "modelopt.onnx.quantization")),
+    Feature("ort-int8", "ONNX Runtime INT8 (fgcli export --int8 --int8-backend ort)", "onnx",
+            ("onnx", "onnxruntime.quantization")),
+    Feature("trt", "TensorRT engines, build and run (fgcli build, export --trt)", "trt", ("tensorrt",),
+            needs_gpu=True),
+    Feature("rtx", "TensorRT for RTX engines, built without a GPU (fgcli build --backend tensorrt-rtx)", "rtx",
+            ("tensorrt_rtx",)),
+    Feature("timm", "timm backbones (--backbone efficientnet_b0, ...)", "timm", ("torch", "timm")),
+    Feature("tensorboard", "TensorBoard event files (fgcli train --tensorboard)", "tensorboard",
+            ("torch.utils.tensorboard",)),
+    Feature("plots", "report plots and attention maps (fgcli report, cam)", "report",
+            ("matplotlib.figure", "matplotlib.ticker")),
+    Feature("configs", "DeepStream and Triton configs (fgcli export --deepstream / --triton)", "onnx", ("onnx",)),
+)
+FEATURE_NAMES = tuple(feature.name for feature in FEATURES)
+
+
+def check_features(names: tuple[str, ...] | list[str] = FEATURE_NAMES) -> list[FeatureCheck]:
+    """Import what each named feature imports; one feature's failure (even a crash inside an import) never
+    stops the check of the next."""
+    return [_check_feature(feature) for feature in FEATURES if feature.name in names]
+
+
+def _check_feature(feature: Feature) -> FeatureCheck:
+    from fgcli.errors import MissingDependencyError
+
+    verdict = FeatureCheck(feature.name, feature.label, feature.extra, ready=False)
+    for module in feature.modules:
+        try:
+            with warnings.catch_warnings():  # the libraries' deprecation notes would bury the verdicts
+                warnings.simplefilter("ignore")
+                importlib.import_module(module)
+        except ImportError as exc:
+            error = MissingDependencyError.from_import_error(module, feature.extra, feature.label, exc)
+            verdict.missing = getattr(error, "package", None)
+            verdict.problem, verdict.fix = error.message, error.hint
+            return verdict
+        except Exception as exc:  # an import that crashes is a broken install, reported like any other
+            verdict.problem = f"importing {module} failed: {type(exc).__name__}: {exc}"
+            verdict.fix = f"pip install --force-reinstall 'fgcli[{feature.extra}]'"
+            return verdict
+    if feature.needs_gpu:
+        verdict.missing, verdict.problem, verdict.fix = _gpu_problem(feature)
+        if verdict.problem:
+            return verdict
+    verdict.ready = True
+    return verdict
+
+
+def _gpu_problem(feature: Feature) -> tuple[str | None, str | None, str | None]:
+    """``(missing package, problem, fix)`` keeping a GPU feature from running: the runtime's way to the GPU
+    (cuda-python, else PyTorch with CUDA, as ``open_device_memory`` tries them), then a GPU; all None when ready."""
+    from fgcli.runtime.tensorrt_runner import _import_cuda_torch, _import_cudart
+
+    try:
+        reachable = _import_cudart() is not None or _import_cuda_torch() is not None
+    except Exception:  # a CUDA runtime that breaks on import cannot move data either
+        reachable = False
+    if not reachable:
+        return ("cuda-python",
+                f"{feature.label} needs the Python package 'cuda-python' (or PyTorch with CUDA) to move data to and "
+                "from the GPU, which is not installed",
+                f"pip install 'fgcli[{feature.extra}]'  (or: pip install cuda-python)")
+    gpu = _safe_dict(_gpu, ("gpu_name",))["gpu_name"]
+    if gpu == "none found" or gpu.startswith("error:"):
+        return (None, f"{feature.label} needs an NVIDIA GPU; none was found ({gpu})",
+                "run it on the GPU machine (copy the .onnx there), or build with --backend tensorrt-rtx")
+    return None, None, None
+
+
+def parse_needed(need: str) -> list[str]:
+    """``"qat,trt"`` -> ``["qat", "trt"]``; an unknown name is an FgcliError listing the known ones."""
+    from fgcli.errors import FgcliError
+
+    names = [name.strip() for name in need.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FEATURE_NAMES]
+    if unknown or not names:
+        raise FgcliError(f"--need {need!r}: unknown feature {', '.join(unknown) or '(none given)'}",
+                         hint=f"name one or more of: {','.join(FEATURE_NAMES)}")
+    return names
+
+
+def feature_lines(checks: list[FeatureCheck]) -> list[str]:
+    """One line per feature (and a fix line under one that is not ready), rich markup escaped."""
+    from rich.markup import escape
+
+    lines = []
+    for check in checks:
+        if check.ready:
+            lines.append(f"[green]ready[/]      {check.name:<12} {escape(check.label)}")
+        else:
+            lines.append(f"[red]not ready[/]  {check.name:<12} {escape(check.problem or '')}")
+            lines.append(f"{'':<24} fix: {escape(check.fix or '')}")
+    return lines

@@ -53,14 +53,17 @@ def import_tensorrt(purpose: str, backend: str = TENSORRT):
     """Import tensorrt (or tensorrt_rtx) lazily; say where to install it and that engines are built on the target."""
     if backend not in BACKEND_MODULES:
         raise FgcliError(f"unknown TensorRT backend {backend!r}", hint=f"use one of {', '.join(BACKEND_MODULES)}")
+    module = BACKEND_MODULES[backend]
     try:
-        return importlib.import_module(BACKEND_MODULES[backend])
+        return importlib.import_module(module)
     except ImportError as exc:
+        error = MissingDependencyError.from_import_error(module, "rtx" if backend == TENSORRT_RTX else "trt", purpose,
+                                                         exc)
+        if getattr(error, "package", None) != module:  # installed, but broken or missing one of its own imports
+            raise error from exc
         if backend == TENSORRT_RTX:
-            error = MissingDependencyError("tensorrt_rtx", "rtx", purpose)
             error.hint = "pip install 'fgcli[rtx]' (TensorRT for RTX from PyPI; builds engines without a GPU)"
             raise error from exc
-        error = MissingDependencyError("tensorrt", "trt", purpose)
         error.hint = (
             "install TensorRT on the machine that runs the engine (JetPack ships it; on x86: pip install "
             "tensorrt), copy the .onnx there and run `fgcli build model.onnx` on that machine: engines only "
