@@ -707,6 +707,50 @@ def _compare_reports(paths: list[Path], out_dir: Path) -> None:
 
 
 @app.command()
+def bench(
+    source: Path = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint (its torch variants), or one .onnx / .engine file."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="A checkpoint's torch variants (default: torch-fp32, torch-fp16, torch-bf16), e.g. torch-bf16,torch-bf16-compiled,torch-bf16-graph."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N. Torch FP16 / BF16, compiled and graph variants need a GPU."),
+    max_batch: int = typer.Option(256, "--max-batch", min=1, help="The largest batch tried (doubling from 1); a batch that does not fit in memory ends that variant's sweep."),
+    iterations: int = typer.Option(64, "--iterations", min=1, help="Images' worth of timed calls per batch size (at least 3 calls)."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls per variant before each batch size."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: bench/ beside MODEL)."),
+) -> None:
+    """Throughput against batch size for each variant, up to the largest batch that fits; the knee marked.
+
+    Writes OUT/bench.md (table), OUT/bench.json (schema fgcli.bench/1) and OUT/bench.png (images/s against batch, knee circled).
+
+    fgcli bench runs/base/best.pt --device cuda --formats torch-fp32,torch-bf16,torch-bf16-compiled
+    fgcli bench runs/base/export/model.int8.onnx --max-batch 64
+    """
+    from fgcli.report.bench import (
+        bench_calls, bench_record, bench_table, open_bench_runners, run_sweep, sweep_batches, write_bench,
+    )
+    from fgcli.report.plots import require_matplotlib
+    from fgcli.report.render import rich_table
+
+    require_matplotlib()
+    batches = sweep_batches(max_batch)
+    runners, refused = open_bench_runners(source, formats, device)
+    for name, reason in refused:
+        console.print(f"[yellow]not run here:[/] {name}: {escape(reason)}", highlight=False)
+    try:
+        with _task("throughput by batch size", bench_calls(batches, iterations)) as advance:
+            sweeps = run_sweep(runners, batches, iterations, warmup, progress=advance)
+        img_size = next(iter(runners.values())).preprocess.img_size
+    finally:
+        for runner in runners.values():
+            runner.close()
+    record = bench_record(source, device, sweeps, refused, batches, img_size, iterations)
+    paths = write_bench(record, out or source.parent / "bench")
+    console.print(rich_table("images/s by batch size (* the knee)", *bench_table(record)))
+    for sweep in sweeps:
+        if sweep.stopped:
+            console.print(f"[yellow]{sweep.name}:[/] {escape(sweep.stopped)}", highlight=False)
+    console.print(f"wrote [bold]{paths['md']}[/], {paths['json'].name}, {paths['png'].name}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("fgcli-demo"), "--out", help="Where the dataset, runs and exports go."),
     method: str = typer.Option("baseline", "--method", "-m", help="A registry name, or 'all' for the six."),

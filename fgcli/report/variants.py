@@ -110,9 +110,10 @@ class Variant:
         self.reason = self.reason or reason
 
 
-def parse_formats(formats: str | list[str] | tuple[str, ...] | None) -> list[str]:
+def parse_formats(formats: str | list[str] | tuple[str, ...] | None, require_reference: bool = True) -> list[str]:
     """``"all"`` / None -> every variant but ``ON_REQUEST``; else a comma list of variant names, "all" and the
-    groups torch, onnx, trt (the ``ON_REQUEST`` variants only by name)."""
+    groups torch, onnx, trt (the ``ON_REQUEST`` variants only by name). ``require_reference``: refuse a list
+    without an FP32 reference (the report compares against it; a speed sweep does not)."""
     default = [name for name in VARIANT_NAMES if name not in ON_REQUEST]
     if formats is None:
         return default
@@ -131,7 +132,7 @@ def parse_formats(formats: str | list[str] | tuple[str, ...] | None) -> list[str
         else:
             raise FgcliError(f"unknown report format '{token}'", hint=f"use all, a group ({', '.join(GROUPS)}) "
                                                                       f"or variant names: {', '.join(VARIANT_NAMES)}")
-    if not chosen & set(REFERENCE_CANDIDATES):
+    if require_reference and not chosen & set(REFERENCE_CANDIDATES):
         raise FgcliError(f"--formats {','.join(tokens)} has no FP32 reference to compare against",
                          hint="add torch-fp32 or onnx-fp32 (or use --formats all)")
     return [name for name in VARIANT_NAMES if name in chosen]
