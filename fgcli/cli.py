@@ -715,6 +715,8 @@ def bench(
     iterations: int = typer.Option(64, "--iterations", min=1, help="Images' worth of timed calls per batch size (at least 3 calls)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls per variant before each batch size."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: bench/ beside MODEL)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="The exported model.onnx whose FLOPs give the fraction of the GPU's limit (default: MODEL when it is .onnx, else RUN/export/model.onnx or RUN/report/export/model.onnx)."),
+    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", min=0.001, help="The GPU's dense BF16 rate in TFLOP/s (datasheet); default: measured with a BF16 matrix product in this run."),
 ) -> None:
     """Throughput against batch size for each variant, up to the largest batch that fits; the knee marked.
 
@@ -724,7 +726,8 @@ def bench(
     fgcli bench runs/base/export/model.int8.onnx --max-batch 64
     """
     from fgcli.report.bench import (
-        bench_calls, bench_record, bench_table, open_bench_runners, run_sweep, sweep_batches, write_bench,
+        bench_calls, bench_limit, bench_record, bench_table, counted_model, open_bench_runners, run_sweep,
+        sweep_batches, write_bench,
     )
     from fgcli.report.plots import require_matplotlib
     from fgcli.report.render import rich_table
@@ -741,7 +744,9 @@ def bench(
     finally:
         for runner in runners.values():
             runner.close()
-    record = bench_record(source, device, sweeps, refused, batches, img_size, iterations)
+    limit = bench_limit(sweeps, counted_model(source, onnx), peak_tflops,
+                        lambda message: console.print(f"[dim]{escape(message)}[/]", highlight=False))
+    record = bench_record(source, device, sweeps, refused, batches, img_size, iterations, limit)
     paths = write_bench(record, out or source.parent / "bench")
     console.print(rich_table("images/s by batch size (* the knee)", *bench_table(record)))
     for sweep in sweeps:

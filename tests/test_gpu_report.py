@@ -14,7 +14,8 @@ from fgcli.data.preprocess import PreprocessConfig
 from fgcli.errors import FgcliError
 from fgcli.export.flops import count_flops
 from fgcli.report.bench import (
-    BENCH_SCHEMA, bench_record, bench_table, knee, render_bench_markdown, run_sweep, sweep_batches, write_bench,
+    BENCH_SCHEMA, Sweep, bench_limit, bench_record, bench_table, counted_model, knee, render_bench_markdown, run_sweep,
+    sweep_batches, write_bench,
 )
 from fgcli.report.limit import device_limit
 from fgcli.report.render import limit_lines, main_table
@@ -255,6 +256,24 @@ def test_bench_writes_a_table_a_plot_and_json_with_the_knee(tmp_path):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = render_bench_markdown(record)
     assert "| torch-bf16 | needs a CUDA GPU |" in markdown and "stopped: batch 4 does not fit" in markdown
+
+
+def test_bench_gives_each_gpu_variant_its_fraction_of_the_limit_at_its_best_batch(tmp_path):
+    export_torchvision("resnet18", tmp_path / "model.onnx")
+    flops = count_flops(tmp_path / "model.onnx").flops
+    gpu = Sweep("torch-bf16", "cuda:0", "PyTorch eager", "t", throughput_ips={1: 500.0, 64: 9000.0, 128: 8800.0})
+    cpu = Sweep("model.onnx", "cpu", "CPUExecutionProvider", "t", throughput_ips={1: 50.0})
+    summary, fractions = bench_limit([gpu, cpu], tmp_path / "model.onnx", 100.0, print)
+    assert fractions == {"torch-bf16": pytest.approx(9000 * flops / 100e12)} and summary["note"] is None
+    record = bench_record(Path("m.pt"), "cuda", [gpu, cpu], [], [1, 64, 128], 224, 64, (summary, fractions))
+    assert f"best 9000 images/s at batch 64 ({100 * fractions['torch-bf16']:.1f} % of the limit)" in \
+        render_bench_markdown(record)
+    assert bench_limit([cpu], tmp_path / "model.onnx", 100.0, print) == (None, {})
+    run = tmp_path / "run"
+    (run / "report" / "export").mkdir(parents=True)
+    (run / "report" / "export" / "model.onnx").write_bytes(b"")
+    assert counted_model(run / "best.pt", None) == run / "report" / "export" / "model.onnx"
+    assert counted_model(tmp_path / "model.onnx", None) == tmp_path / "model.onnx"
 
 
 def test_fgcli_bench_on_a_checkpoint_sweeps_fp32_and_lists_what_needs_a_gpu(tiny_checkpoint, tmp_path, monkeypatch,

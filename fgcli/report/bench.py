@@ -19,9 +19,11 @@ import numpy as np
 
 import fgcli
 from fgcli.errors import FgcliError
-from fgcli.report.render import DASH, markdown_table
+from fgcli.report.limit import COUNTED_MODEL, is_gpu_placement, limit_summary
+from fgcli.report.render import DASH, markdown_table, pct
 from fgcli.report.timing import throughput_rounds
 from fgcli.report.variants import TORCH, parse_formats, plan_variants
+from fgcli.runtime.peak import limit_fraction
 from fgcli.utils import write_json_atomic, write_text_atomic
 
 BENCH_SCHEMA = "fgcli.bench/1"
@@ -152,9 +154,36 @@ def open_bench_runners(source: Path, formats: str | None, device: str) -> tuple[
     return runners, refused
 
 
+def counted_model(source: Path, onnx: Path | None) -> Path:
+    """The ONNX graph whose FLOPs the fraction of the limit uses: ``onnx``, else MODEL itself when it is ONNX, else
+    the model.onnx that fgcli export (RUN/export) or fgcli report (RUN/report/export) wrote beside the checkpoint."""
+    if onnx is not None:
+        return onnx
+    if source.suffix.lower() == ".onnx":
+        return source
+    candidates = [source.parent / "export" / COUNTED_MODEL, source.parent / "report" / "export" / COUNTED_MODEL]
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
+def bench_limit(sweeps: list[Sweep], model: Path, peak_tflops: float | None,
+                step: Callable[[str], None]) -> tuple[dict[str, Any] | None, dict[str, float]]:
+    """(limit summary, fraction of the limit at each GPU variant's best batch); (None, {}) without a GPU variant."""
+    gpu = [s for s in sweeps if is_gpu_placement(s.device) and s.throughput_ips]
+    if not gpu:
+        return None, {}
+    summary = limit_summary(model, gpu[0].device, peak_tflops, step)
+    if summary["note"]:
+        return summary, {}
+    return summary, {s.name: limit_fraction(max(s.throughput_ips.values()), summary["flops_per_image"],
+                                            summary["peak_tflops"]) for s in gpu}
+
+
 def bench_record(source: Path, device: str, sweeps: list[Sweep], refused: list[tuple[str, str]],
-                 batches: Sequence[int], img_size: int, iterations: int) -> dict[str, Any]:
-    """bench.json's content (schema ``fgcli.bench/1``): batch keys are strings, as in report.json."""
+                 batches: Sequence[int], img_size: int, iterations: int,
+                 limit: tuple[dict[str, Any] | None, dict[str, float]] = (None, {})) -> dict[str, Any]:
+    """bench.json's content (schema ``fgcli.bench/1``): batch keys are strings, as in report.json; ``limit`` is
+    ``bench_limit``'s answer."""
+    summary, fractions = limit
     variants = []
     for sweep in sweeps:
         best = max(sweep.throughput_ips, key=sweep.throughput_ips.get) if sweep.throughput_ips else None
@@ -163,10 +192,11 @@ def bench_record(source: Path, device: str, sweeps: list[Sweep], refused: list[t
             "throughput_ips": {str(b): v for b, v in sweep.throughput_ips.items()},
             "call_ms": {str(b): v for b, v in sweep.call_ms.items()},
             "knee_batch": knee(sweep.throughput_ips), "best_batch": best,
-            "best_ips": sweep.throughput_ips[best] if best else None, "stopped": sweep.stopped})
+            "best_ips": sweep.throughput_ips[best] if best else None,
+            "limit_fraction": fractions.get(sweep.name), "stopped": sweep.stopped})
     return {"schema": BENCH_SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "fgcli_version": fgcli.__version__, "source": str(source), "device": device, "img_size": img_size,
-            "batch_sizes": list(batches), "iterations": iterations, "knee_share": KNEE_SHARE,
+            "batch_sizes": list(batches), "iterations": iterations, "knee_share": KNEE_SHARE, "limit": summary,
             "variants": variants, "not_run": [{"name": name, "reason": reason} for name, reason in refused]}
 
 
@@ -189,14 +219,27 @@ def render_bench_markdown(record: dict[str, Any], png_name: str = "bench.png") -
              f"- {record['img_size']} px random images, device `{record['device']}`; images/s = batch / median "
              f"seconds per call; * marks the knee: the smallest batch reaching {100 * record['knee_share']:.0f} % "
              "of the variant's best.", ""]
-    lines += [f"- {v['name']}: {v['device']}, {v['provider']}; timed: {v['timed']}"
+    lines += [f"- {v['name']}: {v['device']}, {v['provider']}; {_best(v)}; timed: {v['timed']}"
               + (f"; stopped: {v['stopped']}" if v["stopped"] else "") for v in record["variants"]]
+    limit = record["limit"]
+    if limit:
+        lines += ["", f"- limit: {limit['note']}" if limit["note"] else
+                  f"- limit: {limit['flops_per_image'] / 1e9:.2f} GFLOP per image ({limit['counted_from']}) against "
+                  f"{limit['peak_tflops']:.1f} TFLOP/s ({limit['peak_source']}): at most "
+                  f"{limit['images_per_s_bound']:.0f} images/s"]
     lines += ["", markdown_table(*bench_table(record))]
     if record["not_run"]:
         lines += ["", "## Not run on this machine", "",
                   markdown_table(["variant", "reason"], [[n["name"], n["reason"]] for n in record["not_run"]])]
     lines += ["", f"![images/s against batch size]({png_name})", ""]
     return "\n".join(lines)
+
+
+def _best(variant: dict[str, Any]) -> str:
+    if variant["best_batch"] is None:
+        return "no batch ran"
+    limit = f" ({pct(variant['limit_fraction'])} % of the limit)" if variant["limit_fraction"] is not None else ""
+    return f"best {variant['best_ips']:.0f} images/s at batch {variant['best_batch']}{limit}"
 
 
 def plot_bench(record: dict[str, Any], out_path: str | Path) -> Path:

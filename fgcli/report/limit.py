@@ -39,27 +39,38 @@ def device_limit(placements: dict[str, tuple], timings: dict, export_dir: Path, 
     gpu_variants = [name for name, (device, *_) in placements.items() if is_gpu_placement(device)]
     if not gpu_variants:
         return Limit(None)
-    summary: dict[str, Any] = {"batch": batch, "flops_per_image": None, "counted_from": None, "peak_tflops": peak_tflops,
+    summary = limit_summary(export_dir / COUNTED_MODEL, placements[gpu_variants[0]][0], peak_tflops, step)
+    summary["batch"] = batch
+    if summary["note"]:
+        return Limit(summary)
+    fractions = {name: limit_fraction(timings[name].throughput_ips[str(batch)], summary["flops_per_image"],
+                                      summary["peak_tflops"]) for name in gpu_variants}
+    return Limit(summary, fractions)
+
+
+def limit_summary(model: Path, device: str, peak_tflops: float | None, step: Callable[[str], None]) -> dict[str, Any]:
+    """FLOPs per image counted on ``model`` and the rate of ``device`` (``peak_tflops``, else measured there):
+    ``{flops_per_image, counted_from, peak_tflops, peak_source, images_per_s_bound, note}``; ``note`` says which
+    ingredient is missing (the others are then null)."""
+    summary: dict[str, Any] = {"flops_per_image": None, "counted_from": None, "peak_tflops": peak_tflops,
                                "peak_source": "--peak-tflops" if peak_tflops else None, "images_per_s_bound": None,
                                "note": None}
-    model = export_dir / COUNTED_MODEL
-    if not model.is_file() or not installed("onnx"):
-        summary["note"] = (f"no {COUNTED_MODEL} in {export_dir} to count the FLOPs on (add onnx-fp32 to --formats)"
-                           if not model.is_file() else "counting FLOPs needs the onnx package (pip install fgcli[onnx])")
-        return Limit(summary)
+    if not model.is_file():
+        summary["note"] = f"no {model} to count the FLOPs on (add onnx-fp32 to --formats, or export the model)"
+        return summary
+    if not installed("onnx"):
+        summary["note"] = "counting FLOPs needs the onnx package (pip install fgcli[onnx])"
+        return summary
     if peak_tflops is None and not installed("torch"):
         summary["note"] = "measuring the GPU's rate needs PyTorch here: pass --peak-tflops from the GPU's datasheet"
-        return Limit(summary)
+        return summary
     from fgcli.export.flops import count_flops
 
     flops = count_flops(model).flops
     if peak_tflops is None:
-        device = placements[gpu_variants[0]][0]
         step(f"measuring {device}'s BF16 matrix rate (the limit)")
         peak_tflops = measure_matmul_tflops(device)
         summary["peak_source"] = f"measured in this run: BF16 {MATMUL_SIZE}x{MATMUL_SIZE} matrix product on {device}"
-    summary.update(flops_per_image=flops, counted_from=COUNTED_MODEL, peak_tflops=peak_tflops,
+    summary.update(flops_per_image=flops, counted_from=model.name, peak_tflops=peak_tflops,
                    images_per_s_bound=peak_tflops * 1e12 / flops)
-    fractions = {name: limit_fraction(timings[name].throughput_ips[str(batch)], flops, peak_tflops)
-                 for name in gpu_variants}
-    return Limit(summary, fractions)
+    return summary

@@ -68,11 +68,27 @@ class TorchRunner(Runner):
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.model = model_from_checkpoint(ckpt, source).to(self.device, self.dtype)
         self.model = self.model.to(memory_format=self._memory_format)
-        self._forward = torch.compile(self.model) if mode == "compiled" else self.model
+        # on CUDA, Inductor's kernels are replayed as CUDA graphs too: at batch 1 launches cost more than the math
+        compile_mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self._forward = torch.compile(self.model, mode=compile_mode) if mode == "compiled" else self.model
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}  # input shape -> (graph, input, output)
         super().__init__(name=f"torch:{self.device}" + ("" if mode == "eager" else f":{mode}"),
                          class_names=ckpt["class_names"], preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
                          precision=precision)
+        if mode != "eager":
+            self._first_call()
+
+    def _first_call(self) -> None:
+        """Compile or capture at batch 1 now, so a model that cannot be is refused when the runner opens (with
+        PyTorch's reason), not halfway through a report."""
+        size = self.preprocess.img_size
+        try:
+            self.run(np.zeros((1, 3, size, size), np.float32))
+        except Exception as exc:  # noqa: BLE001 - Dynamo, Inductor and CUDA graph capture raise many types
+            what = "compile" if self.mode == "compiled" else "capture as a CUDA graph"
+            raise FgcliError(f"PyTorch could not {what} the {self.precision.upper()} model: "
+                             f"{type(exc).__name__}: {str(exc)[:500]}",
+                             hint="use the eager variant (torch-fp16 / torch-bf16)") from exc
 
     timed_region = TIMED_REGION
 
