@@ -53,6 +53,18 @@ def test_cuda_graph_and_unknown_settings_are_refused_with_the_fix(tiny_checkpoin
         TorchRunner(tiny_checkpoint, "cpu", precision="int4")
 
 
+def test_a_half_precision_model_that_cannot_run_is_refused_when_it_opens(tiny_checkpoint, monkeypatch):
+    from fgcli.runtime.torch_runner import TorchRunner
+
+    def no_kernel(self, batch):
+        raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')
+
+    monkeypatch.setattr(TorchRunner, "_logits", no_kernel)
+    with pytest.raises(FgcliError, match="PyTorch could not run the FP16 model: RuntimeError: \"slow_conv2d_cpu\""):
+        TorchRunner(tiny_checkpoint, "cpu", precision="fp16")
+    TorchRunner(tiny_checkpoint, "cpu").close()  # FP32 eager opens without a trial call
+
+
 def fake_cuda(monkeypatch, available: bool, bf16: bool = True) -> None:
     import torch
 

@@ -266,6 +266,8 @@ def test_tensorrt_engines_are_built_once_and_measured_with_the_fake_tensorrt(ful
         assert row["available"] and row["runner"] == "tensorrt:cuda:0" and row["build_seconds"] is not None
         assert Path(row["path"]).name == f"model.{row['precision']}.engine"
     assert sum(step.startswith("building") for step in steps) == 3
+    assert {variant(report, name)["device"] for name in ("trt-fp32", "trt-fp16", "trt-int8")} == {"cuda:0"}
+    assert "could not measure the GPU's rate" in report["limit"]["note"]  # no CUDA PyTorch here: said, not guessed
     steps.clear()
     build_report(export, tiny_dataset, tmp_path / "report", **options)
     assert not any(step.startswith("building") for step in steps)  # same ONNX, TensorRT and GPU: reused

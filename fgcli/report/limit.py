@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from fgcli.errors import FgcliError
 from fgcli.report.variants import installed
 from fgcli.runtime.peak import MATMUL_SIZE, limit_fraction, measure_matmul_tflops
 
@@ -69,7 +70,11 @@ def limit_summary(model: Path, device: str, peak_tflops: float | None, step: Cal
     flops = count_flops(model).flops
     if peak_tflops is None:
         step(f"measuring {device}'s BF16 matrix rate (the limit)")
-        peak_tflops = measure_matmul_tflops(device)
+        try:
+            peak_tflops = measure_matmul_tflops(device)
+        except FgcliError as exc:  # e.g. a CPU-only PyTorch beside TensorRT on a Jetson
+            summary["note"] = f"PyTorch could not measure the GPU's rate ({exc.message}): pass --peak-tflops"
+            return summary
         summary["peak_source"] = f"measured in this run: BF16 {MATMUL_SIZE}x{MATMUL_SIZE} matrix product on {device}"
     summary.update(flops_per_image=flops, counted_from=model.name, peak_tflops=peak_tflops,
                    images_per_s_bound=peak_tflops * 1e12 / flops)

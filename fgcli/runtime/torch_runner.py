@@ -68,27 +68,27 @@ class TorchRunner(Runner):
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.model = model_from_checkpoint(ckpt, source).to(self.device, self.dtype)
         self.model = self.model.to(memory_format=self._memory_format)
-        # on CUDA, Inductor's kernels are replayed as CUDA graphs too: at batch 1 launches cost more than the math
-        compile_mode = "reduce-overhead" if self.device.type == "cuda" else None
-        self._forward = torch.compile(self.model, mode=compile_mode) if mode == "compiled" else self.model
+        # Inductor's default mode: mode="reduce-overhead" (its own CUDA graphs) regressed on PyTorch 2.10 with CUDA
+        # 13 (pytorch/pytorch#174575); batch-1 latency is the "graph" mode's job
+        self._forward = torch.compile(self.model) if mode == "compiled" else self.model
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}  # input shape -> (graph, input, output)
         super().__init__(name=f"torch:{self.device}" + ("" if mode == "eager" else f":{mode}"),
                          class_names=ckpt["class_names"], preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
                          precision=precision)
-        if mode != "eager":
+        if mode != "eager" or precision != "fp32":
             self._first_call()
 
     def _first_call(self) -> None:
-        """Compile or capture at batch 1 now, so a model that cannot be is refused when the runner opens (with
-        PyTorch's reason), not halfway through a report."""
+        """Run (compile, capture) batch 1 now, so a model that cannot run this way is refused when the runner
+        opens, with PyTorch's reason, not halfway through a report (e.g. an op without a half-precision kernel)."""
         size = self.preprocess.img_size
         try:
             self.run(np.zeros((1, 3, size, size), np.float32))
-        except Exception as exc:  # noqa: BLE001 - Dynamo, Inductor and CUDA graph capture raise many types
-            what = "compile" if self.mode == "compiled" else "capture as a CUDA graph"
+        except Exception as exc:  # noqa: BLE001 - Dynamo, Inductor, CUDA graph capture and kernels raise many types
+            what = {"eager": "run", "compiled": "compile", "graph": "capture as a CUDA graph"}[self.mode]
             raise FgcliError(f"PyTorch could not {what} the {self.precision.upper()} model: "
                              f"{type(exc).__name__}: {str(exc)[:500]}",
-                             hint="use the eager variant (torch-fp16 / torch-bf16)") from exc
+                             hint="report it with the model's method; the FP32 variant still runs") from exc
 
     timed_region = TIMED_REGION
 
@@ -125,16 +125,17 @@ class TorchRunner(Runner):
         torch = self._torch
         key = tuple(batch.shape)
         if key not in self._graphs:
-            static_input = batch.clone()
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(3):
-                    self.model(static_input)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_output = self.model(static_input)
+            with torch.cuda.device(self.device):  # torch.cuda.graph captures on the current device
+                static_input = batch.clone()
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(3):
+                        self.model(static_input)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static_output = self.model(static_input)
             self._graphs[key] = (graph, static_input, static_output)
         return self._graphs[key]
 
