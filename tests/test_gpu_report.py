@@ -304,3 +304,25 @@ def test_fgcli_bench_on_a_checkpoint_sweeps_fp32_and_lists_what_needs_a_gpu(tiny
     assert set(record["variants"][0]["throughput_ips"]) == {"1", "2", "4"}
     assert [n["name"] for n in record["not_run"]] == ["torch-fp16", "torch-bf16"]
     assert (tmp_path / "bench.png").is_file() and "torch-fp32 img/s" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["notes.txt"], "cannot bench notes.txt: not a .pt, .onnx or .engine file"),
+    (["missing.pt"], "model file not found: missing.pt"),
+    (["{onnx}", "--formats", "torch-bf16"], "--formats picks the torch variants of a .pt checkpoint"),
+    (["{checkpoint}", "--formats", "onnx-fp32"], "runs a checkpoint's torch variants, not onnx-fp32"),
+    (["{checkpoint}", "--max-batch", "0"], "--max-batch"),
+])
+def test_bench_usage_errors_exit_2_with_the_fix(args, message, tiny_checkpoint, tiny_onnx, tmp_path, monkeypatch,
+                                                capsys):
+    from fgcli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("not a model")
+    args = [a.format(onnx=tiny_onnx, checkpoint=tiny_checkpoint) for a in args]
+    monkeypatch.setattr(sys, "argv", ["fgcli", "bench", *args, "--out", str(tmp_path / "bench")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "bench").exists()

@@ -22,7 +22,7 @@ from fgcli.errors import FgcliError
 from fgcli.report.limit import COUNTED_MODEL, is_gpu_placement, limit_summary
 from fgcli.report.render import DASH, markdown_table, pct
 from fgcli.report.timing import throughput_rounds
-from fgcli.report.variants import TORCH, parse_formats, plan_variants
+from fgcli.report.variants import TORCH, onnxruntime_device, parse_formats, plan_variants
 from fgcli.runtime.peak import limit_fraction
 from fgcli.utils import write_json_atomic, write_text_atomic
 
@@ -121,14 +121,17 @@ def open_bench_runners(source: Path, formats: str | None, device: str) -> tuple[
     from fgcli.runtime import RUNNER_SUFFIXES, open_runner
 
     suffix = source.suffix.lower()
-    if suffix not in RUNNER_SUFFIXES or not source.is_file():
-        raise FgcliError(f"cannot bench {source}: not a .pt, .onnx or .engine file",
-                         hint="fgcli bench RUN/best.pt, or EXPORT_DIR/model.onnx, or a TensorRT .engine")
+    usage = "fgcli bench RUN/best.pt, or EXPORT_DIR/model.onnx, or a TensorRT .engine"
+    if suffix not in RUNNER_SUFFIXES:
+        raise FgcliError(f"cannot bench {source}: not a .pt, .onnx or .engine file", hint=usage)
+    if not source.is_file():
+        raise FgcliError(f"model file not found: {source}", hint=usage)
     if suffix != ".pt":
         if formats is not None:
             raise FgcliError("--formats picks the torch variants of a .pt checkpoint",
                              hint=f"fgcli bench {source} runs that one model; drop --formats")
-        return {source.name: open_runner(source, device=device, spin_wait=False)}, []
+        runtime_device = onnxruntime_device(device) if suffix == ".onnx" else device  # as in the report
+        return {source.name: open_runner(source, device=runtime_device, spin_wait=False)}, []
     from fgcli.engine.checkpoint import load_checkpoint
     from fgcli.runtime.torch_runner import TorchRunner
 
@@ -258,6 +261,8 @@ def plot_bench(record: dict[str, Any], out_path: str | Path) -> Path:
             ax.scatter([v["knee_batch"]], [v["throughput_ips"][str(v["knee_batch"])]], s=220, facecolors="none",
                        edgecolors=color, linewidths=2, zorder=4)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(record["batch_sizes"], [str(b) for b in record["batch_sizes"]])  # 1, 2, 4, not 2^0, 2^1
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("batch size")
     ax.set_ylabel("images/s (higher is better)")
     ax.grid(True, alpha=0.3)
