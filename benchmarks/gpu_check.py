@@ -17,7 +17,7 @@ Steps (each one's figures go into ``<out>/gpu_check.json``; a table is printed a
 4. ``eval``: baseline ResNet-50 inference images/s in torch FP32 / FP16 / BF16, eager and ``torch.compile``,
    at batch 1, 32 and 128.
 5. ``report``: ``fgcli report RUN --device cuda`` on the trained baseline: torch FP32 / FP16 / BF16 (eager, and
-   BF16 compiled and as a CUDA graph), ONNX FP32 and ORT INT8 (on the CPU when onnxruntime has no CUDA
+   BF16 compiled, as a CUDA graph, and both), ONNX FP32 and ORT INT8 (on the CPU when onnxruntime has no CUDA
    provider), TensorRT when present; per variant where it ran, p50 at batch 1, images/s at the largest batch and
    the fraction of the GPU's BF16 rate, and whether FP16 / BF16 are at least as fast as FP32 (issue 23).
    ``bench``: ``fgcli bench RUN/best.pt --device cuda``: images/s against batch size 1..256 for the torch
@@ -59,7 +59,8 @@ class Plan:
     eval_batches: tuple[int, ...]
     eval_iterations: int
     compile: bool
-    report_formats: str = "torch,torch-bf16-compiled,torch-bf16-graph,onnx-fp32,onnx-int8-ort,trt"
+    report_formats: str = ("torch,torch-bf16-compiled,torch-bf16-graph,torch-bf16-compiled-graph,onnx-fp32,onnx-int8-ort,"
+                           "trt")
     classes: int = 10
 
 
@@ -261,8 +262,8 @@ def step_report(plan: Plan, data: Path, out: Path) -> dict:
 
 def bench_arguments(plan: Plan, out: Path) -> list[str]:
     """``fgcli bench`` arguments of the bench step: the torch variants of the trained baseline, batch 1..256."""
-    formats = ("torch-fp32,torch-fp16,torch-bf16,torch-bf16-compiled,torch-bf16-graph" if plan.device == "cuda"
-               else "torch-fp32")
+    formats = ("torch-fp32,torch-fp16,torch-bf16,torch-bf16-compiled,torch-bf16-graph,torch-bf16-compiled-graph"
+               if plan.device == "cuda" else "torch-fp32")
     return ["bench", str(out / "baseline" / "best.pt"), "--device", plan.device, "--formats", formats,
             "--max-batch", "256" if plan.device == "cuda" else str(plan.eval_batches[-1]),
             "--iterations", "64" if plan.device == "cuda" else "2", "--out", str(out / "bench"),

@@ -620,7 +620,7 @@ def report(
              "with --compare, two or more report.json files."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset: --split is evaluated and timed on, the train split calibrates INT8."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/report beside the checkpoint, EXPORT_DIR/report for a folder, the current folder with --compare)."),
-    formats: str = typer.Option("all", "--formats", help="all, a group (torch, onnx, trt) or comma-separated variant names, e.g. onnx-fp32,onnx-int8-ort,trt-int8; torch-fp16-compiled, torch-bf16-compiled (torch.compile), torch-fp16-graph and torch-bf16-graph (CUDA graphs) only by name, e.g. all,torch-bf16-graph."),
+    formats: str = typer.Option("all", "--formats", help="all, a group (torch, onnx, trt) or comma-separated variant names, e.g. onnx-fp32,onnx-int8-ort,trt-int8; torch-fp16-compiled, torch-bf16-compiled (torch.compile), torch-fp16-graph, torch-bf16-graph (CUDA graphs) and torch-fp16-compiled-graph, torch-bf16-compiled-graph (both) only by name, e.g. all,torch-bf16-graph."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Throughput at each; the largest is also the evaluation batch and the TensorRT profile's maximum."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N: where PyTorch and TensorRT run (TensorRT and torch FP16 / BF16 need a GPU). ONNX Runtime uses the GPU when its CUDA provider is installed, else runs on the CPU and says so."),
     iterations: int = typer.Option(100, "--iterations", min=1, help="Timed single-image calls per variant (p50 / p90 / p99); each larger batch runs iterations / batch calls, at least 3."),

@@ -73,14 +73,19 @@ def fake_cuda(monkeypatch, available: bool, bf16: bool = True) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Fake GPU")
 
 
-TORCH_VARIANTS = ["torch-fp32", "torch-fp16", "torch-bf16", "torch-bf16-compiled", "torch-bf16-graph"]
+TORCH_VARIANTS = ["torch-fp32", "torch-fp16", "torch-bf16", "torch-bf16-compiled", "torch-bf16-graph",
+                  "torch-bf16-compiled-graph"]
 
 
 def test_planning_with_a_gpu_runs_every_torch_variant(monkeypatch, tmp_path):
     fake_cuda(monkeypatch, available=True)
     planned = plan_variants(TORCH_VARIANTS, checkpoint=True, export_dir=tmp_path, device="cuda")
     assert [(v.name, v.reason) for v in planned] == [(name, None) for name in TORCH_VARIANTS]
-    assert [v.torch_mode for v in planned] == ["eager", "eager", "eager", "compiled", "graph"]
+    assert [v.torch_mode for v in planned] == ["eager", "eager", "eager", "compiled", "graph", "compiled-graph"]
+    from fgcli.report.variants import CATALOG, Variant
+    from fgcli.runtime.torch_runner import TORCH_MODES
+
+    assert {Variant(name).torch_mode for name in CATALOG if name.startswith("torch-")} == set(TORCH_MODES)
 
 
 def test_planning_without_a_gpu_keeps_fp32_and_says_why_the_rest_cannot_run(monkeypatch, tmp_path):
@@ -90,7 +95,7 @@ def test_planning_without_a_gpu_keeps_fp32_and_says_why_the_rest_cannot_run(monk
     assert planned.pop("torch-fp32") is None
     assert set(planned.values()) == {"needs a CUDA GPU, and PyTorch sees none (--device cuda)"}
     on_cpu = plan_variants(TORCH_VARIANTS, checkpoint=True, export_dir=tmp_path, device="cpu")
-    assert [v.reason for v in on_cpu][1:] == ["needs a CUDA GPU, and this report runs on cpu"] * 4
+    assert [v.reason for v in on_cpu][1:] == ["needs a CUDA GPU, and this report runs on cpu"] * 5
     fake_cuda(monkeypatch, available=True, bf16=False)
     no_bf16 = plan_variants(["torch-bf16-graph"], checkpoint=True, export_dir=tmp_path, device="cuda")
     assert no_bf16[0].reason == "Fake GPU has no BF16 support"

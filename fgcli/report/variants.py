@@ -27,6 +27,8 @@ CATALOG: dict[str, tuple[str, str]] = {
     "torch-bf16-compiled": (TORCH, "bf16"),
     "torch-fp16-graph": (TORCH, "fp16"),
     "torch-bf16-graph": (TORCH, "bf16"),
+    "torch-fp16-compiled-graph": (TORCH, "fp16"),
+    "torch-bf16-compiled-graph": (TORCH, "bf16"),
     "onnx-fp32": (ONNXRUNTIME, "fp32"),
     "onnx-int8-modelopt": (ONNXRUNTIME, "int8"),
     "onnx-int8-modelopt-auto": (ONNXRUNTIME, "int8"),
@@ -45,7 +47,8 @@ AUTO_VARIANTS = ("onnx-int8-modelopt-auto", "onnx-int8-ort-auto")
 QAT_VARIANT = "onnx-int8-qat"
 #: torch.compile and CUDA-graph variants (``TORCH_MODES``): reported only when named in --formats (compiling
 #: takes minutes per batch size)
-ON_REQUEST = ("torch-fp16-compiled", "torch-bf16-compiled", "torch-fp16-graph", "torch-bf16-graph")
+ON_REQUEST = ("torch-fp16-compiled", "torch-bf16-compiled", "torch-fp16-graph", "torch-bf16-graph",
+              "torch-fp16-compiled-graph", "torch-bf16-compiled-graph")
 #: the FP32 reference for accuracy deltas, agreement and speed-ups: the first of these that ran
 REFERENCE_CANDIDATES = ("torch-fp32", "onnx-fp32")
 #: --formats shorthands for a whole backend
@@ -97,9 +100,9 @@ class Variant:
 
     @property
     def torch_mode(self) -> str:
-        """How a torch variant runs its forward pass: eager, compiled or graph (``TORCH_MODES``)."""
-        suffix = self.name.rsplit("-", 1)[1]
-        return suffix if suffix in ("compiled", "graph") else "eager"
+        """How a torch variant runs its forward pass (``TORCH_MODES``): what follows its precision in the name."""
+        parts = self.name.split("-", 2)
+        return parts[2] if self.backend == TORCH and len(parts) == 3 else "eager"
 
     @property
     def available(self) -> bool:

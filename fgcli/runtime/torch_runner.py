@@ -32,9 +32,9 @@ def resolve_torch_device(torch, device: str):
 
 #: precision -> torch dtype name
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-#: how the forward pass is executed: eager PyTorch, ``torch.compile`` (Inductor), or the eager model captured
-#: once per batch size as a CUDA graph and replayed (no Python or launch cost per kernel)
-TORCH_MODES = ("eager", "compiled", "graph")
+#: how the forward pass is executed: eager PyTorch, ``torch.compile`` (Inductor), or the eager / compiled model
+#: captured once per batch size as a CUDA graph and replayed (no Python or launch cost per kernel)
+TORCH_MODES = ("eager", "compiled", "graph", "compiled-graph")
 #: what ``run_staged`` times, for the report
 TIMED_REGION = "forward pass on an input already on the device in the model's dtype, until the device is done"
 
@@ -43,7 +43,7 @@ class TorchRunner(Runner):
     """Eval-mode model rebuilt from a checkpoint (a path or an already-loaded checkpoint dict).
 
     ``precision``: "fp32", "fp16" or "bf16", the dtype of the weights and of every activation.
-    ``mode``: see ``TORCH_MODES``; "graph" needs CUDA. ``run`` takes and returns float32 NumPy arrays;
+    ``mode``: see ``TORCH_MODES``; the graph modes need CUDA. ``run`` takes and returns float32 NumPy arrays;
     ``stage_input`` / ``run_staged`` split it so the timing leaves the host-to-device copy out.
     """
 
@@ -58,7 +58,7 @@ class TorchRunner(Runner):
             raise FgcliError(f"unknown PyTorch mode '{mode}'", hint=f"use one of: {', '.join(TORCH_MODES)}")
         self._torch = torch
         self.device = resolve_torch_device(torch, device)
-        if mode == "graph" and self.device.type != "cuda":
+        if mode.endswith("graph") and self.device.type != "cuda":
             raise FgcliError(f"a CUDA graph runs on a CUDA GPU only, and this runner is on {self.device}",
                              hint="use --device cuda on a machine with an NVIDIA GPU, or the eager variant")
         self.dtype = getattr(torch, TORCH_DTYPES[precision])
@@ -70,7 +70,7 @@ class TorchRunner(Runner):
         self.model = self.model.to(memory_format=self._memory_format)
         # Inductor's default mode: mode="reduce-overhead" (its own CUDA graphs) regressed on PyTorch 2.10 with CUDA
         # 13 (pytorch/pytorch#174575); batch-1 latency is the "graph" mode's job
-        self._forward = torch.compile(self.model) if mode == "compiled" else self.model
+        self._forward = torch.compile(self.model) if mode.startswith("compiled") else self.model
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}  # input shape -> (graph, input, output)
         super().__init__(name=f"torch:{self.device}" + ("" if mode == "eager" else f":{mode}"),
                          class_names=ckpt["class_names"], preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
@@ -85,7 +85,8 @@ class TorchRunner(Runner):
         try:
             self.run(np.zeros((1, 3, size, size), np.float32))
         except Exception as exc:  # noqa: BLE001 - Dynamo, Inductor, CUDA graph capture and kernels raise many types
-            what = {"eager": "run", "compiled": "compile", "graph": "capture as a CUDA graph"}[self.mode]
+            what = {"eager": "run", "compiled": "compile", "graph": "capture as a CUDA graph",
+                    "compiled-graph": "compile and capture as a CUDA graph"}[self.mode]
             raise FgcliError(f"PyTorch could not {what} the {self.precision.upper()} model: "
                              f"{type(exc).__name__}: {str(exc)[:500]}",
                              hint="report it with the model's method; the FP32 variant still runs") from exc
@@ -112,7 +113,7 @@ class TorchRunner(Runner):
 
     def _logits(self, batch):
         with self._torch.inference_mode():
-            if self.mode != "graph":
+            if not self.mode.endswith("graph"):
                 return self._forward(batch)
             graph, static_input, static_output = self._graph_for(batch)
             static_input.copy_(batch)
@@ -120,8 +121,8 @@ class TorchRunner(Runner):
             return static_output
 
     def _graph_for(self, batch):
-        """The CUDA graph of the model at ``batch``'s shape, captured on first use (after warm-up calls on a side
-        stream, as PyTorch requires, so cuDNN's algorithm choice is not captured mid-search)."""
+        """The CUDA graph of the (eager or compiled) model at ``batch``'s shape, captured on first use after warm-up
+        calls on a side stream, as PyTorch requires: they compile that shape and settle cuDNN's choices first."""
         torch = self._torch
         key = tuple(batch.shape)
         if key not in self._graphs:
@@ -131,11 +132,11 @@ class TorchRunner(Runner):
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):
                     for _ in range(3):
-                        self.model(static_input)
+                        self._forward(static_input)
                 torch.cuda.current_stream().wait_stream(stream)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    static_output = self.model(static_input)
+                    static_output = self._forward(static_input)
             self._graphs[key] = (graph, static_input, static_output)
         return self._graphs[key]
 
