@@ -331,3 +331,14 @@ def test_bench_usage_errors_exit_2_with_the_fix(args, message, tiny_checkpoint, 
     assert exit_info.value.code == 2
     assert message in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "bench").exists()
+
+
+def test_half_precision_torch_variants_weigh_their_converted_weights():
+    import torch
+
+    from fgcli.report.core import _size_mb
+    from fgcli.report.variants import Variant
+
+    checkpoint = {"model": {"conv.weight": torch.zeros(1000), "bn.num_batches_tracked": torch.tensor(3)}}
+    assert _size_mb(Variant("torch-fp32"), checkpoint) == pytest.approx((1000 * 4 + 8) / 1e6)
+    assert _size_mb(Variant("torch-bf16-graph"), checkpoint) == pytest.approx((1000 * 2 + 8) / 1e6)

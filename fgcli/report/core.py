@@ -387,11 +387,14 @@ def worst_classes(result, reference, count: int = WORST_CLASSES) -> list[dict[st
 
 
 def _size_mb(variant: Variant, checkpoint: dict | None) -> float | None:
-    """File size in MB (10^6 bytes); for torch variants the weights alone (best.pt also holds optimizer state)."""
+    """File size in MB (10^6 bytes); for torch variants the weights alone (best.pt also holds optimizer state), at
+    2 bytes per float for the FP16 / BF16 models, as converted."""
     if variant.backend == TORCH:
         if checkpoint is None:
             return None
-        return sum(t.numel() * t.element_size() for t in checkpoint["model"].values()) / 1e6
+        half = variant.precision != "fp32"
+        return sum(t.numel() * (2 if half and t.is_floating_point() else t.element_size())
+                   for t in checkpoint["model"].values()) / 1e6
     if variant.path is None or not Path(variant.path).is_file():
         return None
     return Path(variant.path).stat().st_size / 1e6
