@@ -172,8 +172,8 @@ def build_report(
                                     out_dir, hooks)
 
     ref_eval = evaluations[reference]
-    ort_on_cpu = [v.name for v in variants if v.backend == ONNXRUNTIME and placements.get(v.name, ("",))[0] == "cpu"]
-    if ort_on_cpu and onnxruntime_device(device) != device:
+    ort_ran = any(v.backend == ONNXRUNTIME and v.name in placements for v in variants)
+    if ort_ran and onnxruntime_device(device) != device:  # --device cuda, and onnxruntime has no CUDA provider
         notes.append(NOTE_ORT_ON_CPU.format(device=device))
     return {
         "schema": SCHEMA,
