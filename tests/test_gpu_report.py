@@ -342,3 +342,53 @@ def test_half_precision_torch_variants_weigh_their_converted_weights():
     checkpoint = {"model": {"conv.weight": torch.zeros(1000), "bn.num_batches_tracked": torch.tensor(3)}}
     assert _size_mb(Variant("torch-fp32"), checkpoint) == pytest.approx((1000 * 4 + 8) / 1e6)
     assert _size_mb(Variant("torch-bf16-graph"), checkpoint) == pytest.approx((1000 * 2 + 8) / 1e6)
+
+
+def test_timing_leaves_the_staging_outside_the_timed_call():
+    """A GPU runner's host-to-device copy happens in stage_input, before the clock starts."""
+    import time as clock
+
+    from fgcli.report.timing import time_interleaved
+
+    class SlowCopy(FakeRunner):  # shaped like TorchRunner: run = copy to the device + forward
+        def stage_input(self, images):
+            clock.sleep(0.05)  # the copy
+            return images
+
+        def run_staged(self, staged):
+            self.calls.append(len(staged))
+
+        def run(self, images):
+            self.run_staged(self.stage_input(images))
+            return np.zeros((len(images), 2), np.float32)
+
+    timings = time_interleaved({"gpu": SlowCopy("gpu")}, np.zeros((2, 3, 8, 8), np.float32), [1, 2], iterations=3,
+                               warmup=1)
+    assert timings["gpu"].latency_ms["p99"] < 25  # 50 ms of staging per batch size, none of it timed
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision, mode", [("bf16", "eager"), ("fp16", "graph"), ("bf16", "compiled-graph")])
+def test_on_a_gpu_the_deployed_torch_variants_agree_with_fp32(tiny_checkpoint, precision, mode):
+    import torch
+
+    from fgcli.runtime.torch_runner import TorchRunner
+
+    images = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
+    with TorchRunner(tiny_checkpoint, "cuda") as fp32, TorchRunner(tiny_checkpoint, "cuda", precision, mode) as half:
+        staged = half.stage_input(images)
+        assert staged.is_cuda and staged.is_contiguous(memory_format=torch.channels_last)
+        half.run_staged(staged)
+        reference, lowered = fp32.run(images), half.run(images)
+        assert np.array_equal(half.run(images), lowered)  # a replayed graph gives the same logits every call
+    assert np.abs(lowered - reference).max() <= 0.05 * max(1.0, np.abs(reference).max())
+    assert half.placement == ("cuda:0", f"PyTorch {mode}")
