@@ -389,6 +389,7 @@ def test_on_a_gpu_the_deployed_torch_variants_agree_with_fp32(tiny_checkpoint, p
         assert staged.is_cuda and staged.is_contiguous(memory_format=torch.channels_last)
         half.run_staged(staged)
         reference, lowered = fp32.run(images), half.run(images)
-        assert np.array_equal(half.run(images), lowered)  # a replayed graph gives the same logits every call
+        reversed_order = half.run(np.ascontiguousarray(images[::-1]))  # a replayed graph reads each call's input
+        np.testing.assert_allclose(reversed_order, lowered[::-1], rtol=1e-2, atol=1e-2)
     assert np.abs(lowered - reference).max() <= 0.05 * max(1.0, np.abs(reference).max())
     assert half.placement == ("cuda:0", f"PyTorch {mode}")
