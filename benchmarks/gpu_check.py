@@ -16,8 +16,12 @@ Steps (each one's figures go into ``<out>/gpu_check.json``; a table is printed a
    data pipeline's overhead (1.0: none).
 4. ``eval``: baseline ResNet-50 inference images/s in torch FP32 / FP16 / BF16, eager and ``torch.compile``,
    at batch 1, 32 and 128.
-5. ``report``: ``fgcli report RUN --device cuda`` on the trained baseline (TensorRT and ONNX Runtime GPU
-   variants join when those packages are present; the JSON says which were absent).
+5. ``report``: ``fgcli report RUN --device cuda`` on the trained baseline: torch FP32 / FP16 / BF16 (eager, and
+   BF16 compiled, as a CUDA graph, and both), ONNX FP32 and ORT INT8 (on the CPU when onnxruntime has no CUDA
+   provider), TensorRT when present; per variant where it ran, p50 at batch 1, images/s at the largest batch and
+   the fraction of the GPU's BF16 rate, and whether FP16 / BF16 are at least as fast as FP32 (issue 23).
+   ``bench``: ``fgcli bench RUN/best.pt --device cuda``: images/s against batch size 1..256 for the torch
+   variants, the knee, the best batch and its fraction of the limit (FLOPs from the report's model.onnx).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from fgcli.engine.train import Trainer
 from fgcli.models import create_model, list_models
 from fgcli.utils import write_json_atomic
 
-STEPS = ("train", "qat", "ddp", "pipeline", "eval", "report")
+STEPS = ("train", "qat", "ddp", "pipeline", "eval", "report", "bench")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -55,7 +59,8 @@ class Plan:
     eval_batches: tuple[int, ...]
     eval_iterations: int
     compile: bool
-    report_formats: str = "all"
+    report_formats: str = ("torch,torch-bf16-compiled,torch-bf16-graph,torch-bf16-compiled-graph,onnx-fp32,onnx-int8-ort,"
+                           "trt")
     classes: int = 10
 
 
@@ -140,7 +145,7 @@ def report_arguments(plan: Plan, data: Path, out: Path) -> list[str]:
     return ["report", str(out / "baseline" / "best.pt"), "--data", str(data), "--out", str(out / "report"),
             "--device", plan.device, "--iterations", str(plan.eval_iterations),
             "--batch-sizes", ",".join(map(str, plan.eval_batches)), "--calib-size", "64", "--cam-images", "0",
-            "--formats", plan.report_formats]
+            "--formats", plan.report_formats, "--warmup", "3"]
 
 
 def step_ddp(plan: Plan, data: Path, out: Path) -> dict:
@@ -227,8 +232,9 @@ def deploy_backends() -> dict[str, str]:
         present["onnxruntime-gpu"] = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
     except ImportError:
         present["onnxruntime-gpu"] = False
-    return {name: "present" if found else "absent: its variants are not in the report"
-            for name, found in present.items()}
+    absent = {"tensorrt": "absent: its variants are not in the report",
+              "onnxruntime-gpu": "absent: the onnx-* variants run on the CPU"}
+    return {name: "present" if found else absent[name] for name, found in present.items()}
 
 
 def step_report(plan: Plan, data: Path, out: Path) -> dict:
@@ -238,13 +244,50 @@ def step_report(plan: Plan, data: Path, out: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"fgcli report failed ({done.returncode}):\n{done.stderr[-4000:]}")
     report = json.loads((out / "report" / "report.json").read_text())
-    return {"backends": deploy_backends(), "variants": {
-        row["name"]: ({"top1": row["top1"], "p50_ms": row["latency_ms"]["p50"]} if row["available"]
-                      else {"unavailable": row["reason"]}) for row in report["variants"]}}
+    largest = str(plan.eval_batches[-1])
+    rows = {row["name"]: row for row in report["variants"] if row["available"]}
+    figures = {"backends": deploy_backends(), "limit": report["limit"], "notes": report["notes"], "variants": {
+        row["name"]: ({"device": row["device"], "provider": row["provider"], "top1": row["top1"],
+                       "agreement": row["agreement"], "p50_ms": row["latency_ms"]["p50"],
+                       f"ips_b{largest}": row["throughput_ips"][largest], "limit_fraction": row["limit_fraction"]}
+                      if row["available"] else {"unavailable": row["reason"]}) for row in report["variants"]}}
+    if "torch-fp32" in rows:  # issue 23: half precision at least as fast as FP32, at batch 1 and the largest batch
+        fp32 = rows["torch-fp32"]
+        figures["half_not_slower"] = {
+            name: {"b1": rows[name]["latency_ms"]["p50"] <= fp32["latency_ms"]["p50"],
+                   f"b{largest}": rows[name]["throughput_ips"][largest] >= fp32["throughput_ips"][largest]}
+            for name in ("torch-fp16", "torch-bf16") if name in rows}
+    return figures
+
+
+def bench_arguments(plan: Plan, out: Path) -> list[str]:
+    """``fgcli bench`` arguments of the bench step: the torch variants of the trained baseline, batch 1..256."""
+    formats = ("torch-fp32,torch-fp16,torch-bf16,torch-bf16-compiled,torch-bf16-graph,torch-bf16-compiled-graph"
+               if plan.device == "cuda" else "torch-fp32")
+    return ["bench", str(out / "baseline" / "best.pt"), "--device", plan.device, "--formats", formats,
+            "--max-batch", "256" if plan.device == "cuda" else str(plan.eval_batches[-1]),
+            "--iterations", "64" if plan.device == "cuda" else "2", "--out", str(out / "bench"),
+            "--onnx", str(out / "report" / "export" / "model.onnx")]
+
+
+def step_bench(plan: Plan, data: Path, out: Path) -> dict:
+    """``fgcli bench`` on the trained baseline: per variant the best batch, its images/s and fraction of the limit
+    (FLOPs of the report step's model.onnx when it ran), the knee, batch-1 ms and where the sweep stopped."""
+    if not (out / "baseline" / "best.pt").is_file():
+        raise RuntimeError("the bench step needs the train step's baseline (add train to --only)")
+    command = [sys.executable, "-m", "fgcli.cli", *bench_arguments(plan, out)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"fgcli bench failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    record = json.loads((out / "bench" / "bench.json").read_text())
+    return {"limit": record["limit"], "not_run": record["not_run"], "variants": {
+        v["name"]: {"best_batch": v["best_batch"], "best_ips": v["best_ips"], "limit_fraction": v["limit_fraction"],
+                    "knee_batch": v["knee_batch"], "b1_ms": v["call_ms"].get("1"), "stopped": v["stopped"]}
+        for v in record["variants"]}}
 
 
 STEP_FUNCTIONS = {"train": step_train, "qat": step_qat, "ddp": step_ddp, "pipeline": step_pipeline, "eval": step_eval,
-                  "report": step_report}
+                  "report": step_report, "bench": step_bench}
 
 
 def environment(plan: Plan) -> dict:
@@ -285,7 +328,8 @@ def dry_run(plan: Plan, out: Path, steps: tuple[str, ...]) -> dict:
     parent = click.Context(cli)
     data = out / "data"
     checked = {}
-    for step, arguments in (("ddp", ddp_train_arguments(plan, data, out)), ("report", report_arguments(plan, data, out))):
+    for step, arguments in (("ddp", ddp_train_arguments(plan, data, out)), ("report", report_arguments(plan, data, out)),
+                            ("bench", bench_arguments(plan, out))):
         if step in steps:
             command = cli.get_command(parent, arguments[0])
             command.make_context(arguments[0], list(arguments[1:]), parent=parent)  # raises on a wrong option

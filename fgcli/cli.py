@@ -630,9 +630,9 @@ def report(
              "with --compare, two or more report.json files."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset: --split is evaluated and timed on, the train split calibrates INT8."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/report beside the checkpoint, EXPORT_DIR/report for a folder, the current folder with --compare)."),
-    formats: str = typer.Option("all", "--formats", help="all, a group (torch, onnx, trt) or comma-separated variant names, e.g. onnx-fp32,onnx-int8-ort,trt-int8."),
+    formats: str = typer.Option("all", "--formats", help="all, a group (torch, onnx, trt) or comma-separated variant names, e.g. onnx-fp32,onnx-int8-ort,trt-int8; torch-fp16-compiled, torch-bf16-compiled (torch.compile), torch-fp16-graph, torch-bf16-graph (CUDA graphs) and torch-fp16-compiled-graph, torch-bf16-compiled-graph (both) only by name, e.g. all,torch-bf16-graph."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Throughput at each; the largest is also the evaluation batch and the TensorRT profile's maximum."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N. TensorRT and torch FP16 / BF16 need a GPU."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N: where PyTorch and TensorRT run (TensorRT and torch FP16 / BF16 need a GPU). ONNX Runtime uses the GPU when its CUDA provider is installed, else runs on the CPU and says so."),
     iterations: int = typer.Option(100, "--iterations", min=1, help="Timed single-image calls per variant (p50 / p90 / p99); each larger batch runs iterations / batch calls, at least 3."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed calls per variant before each batch size is timed."),
     calib_size: int = typer.Option(512, "--calib-size", min=1, help="INT8 calibration images from the train split of --data (warns below 300)."),
@@ -643,12 +643,13 @@ def report(
     target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="Also report INT8 with measured mixed precision (onnx-int8-modelopt-auto, onnx-int8-ort-auto): nodes kept float until this agreement with FP32, e.g. 0.99 (as fgcli export --target-agreement)."),
     auto_calib: bool = typer.Option(False, "--auto-calib", help="With --target-agreement: calibrate the -auto variants with the method whose full INT8 is closest to FP32 (as fgcli export --auto-calib)."),
     qat: Optional[Path] = typer.Option(None, "--qat", help="Also report onnx-int8-qat: the Q/DQ ONNX of this QAT run (fgcli train --qat --weights SOURCE), next to SOURCE's post-training INT8. A QAT checkpoint given as SOURCE is reported against the FP32 run it came from."),
+    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", min=0.001, help="The GPU's dense BF16 rate in TFLOP/s (datasheet) for the 'of limit' column; default: measured with a BF16 matrix product in this run."),
 ) -> None:
     """Accuracy and speed of every variant of a model on this machine, side by side, in one run.
 
     Variants: torch-fp32 (torch-fp16 / -bf16 on CUDA), onnx-fp32, onnx-int8-modelopt, onnx-int8-ort (with --target-agreement also their -auto mixed-precision variants, with --qat onnx-int8-qat), trt-fp32 / -fp16 / -int8. From a checkpoint, the files missing from OUT/export are exported first (never reused from another checkpoint). TensorRT engines are built on this machine. Variants that cannot run here are listed with the reason.
 
-    Per variant: file size, top-1 / top-5, change and agreement against FP32, the classes that lost most, latency p50 / p90 / p99 at batch 1, throughput per batch size, build / calibration time. Timing is interleaved across variants, so the ratios to FP32 hold on a busy machine.
+    Per variant: where it ran (device, provider), file size, top-1 / top-5, change and agreement against FP32, the classes that lost most, latency p50 / p90 / p99 at batch 1, throughput per batch size, on a GPU the fraction of the device's BF16 rate it reaches, build / calibration time. Torch FP16 / BF16 are the converted models (not autocast), channels_last on CUDA, timed on inputs already on the device. Timing is interleaved across variants, so the ratios to FP32 hold on a busy machine.
 
     Writes OUT/report.md (table), OUT/report.json (schema fgcli.report/1), OUT/report.png (plots) and OUT/report_cam.png (where FP32 and the quantized variants look, on a few test images).
 
@@ -670,7 +671,7 @@ def report(
     _report(source, data, out or (source.parent if source.is_file() else source) / "report", formats=formats,
             batch_sizes=batch_sizes, device=device, iterations=iterations, warmup=warmup, calib_size=calib_size,
             split=split, layout=dataset, cam_images=cam_images, target_agreement=target_agreement, qat=qat,
-            auto_calib=auto_calib)
+            auto_calib=auto_calib, peak_tflops=peak_tflops)
 
 
 def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:
@@ -713,6 +714,55 @@ def _compare_reports(paths: list[Path], out_dir: Path) -> None:
     for note in comparison["notes"]:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print(f"wrote [bold]{written['md']}[/], {written['json'].name}, {written['png'].name}")
+
+
+@app.command()
+def bench(
+    source: Path = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint (its torch variants), or one .onnx / .engine file."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="A checkpoint's torch variants (default: torch-fp32, torch-fp16, torch-bf16), e.g. torch-bf16,torch-bf16-compiled,torch-bf16-graph."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N. Torch FP16 / BF16, compiled and graph variants need a GPU."),
+    max_batch: int = typer.Option(256, "--max-batch", min=1, help="The largest batch tried (doubling from 1); a batch that does not fit in memory ends that variant's sweep."),
+    iterations: int = typer.Option(64, "--iterations", min=1, help="Images' worth of timed calls per batch size (at least 3 calls)."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls per variant before each batch size."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: bench/ beside MODEL)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="The exported model.onnx whose FLOPs give the fraction of the GPU's limit (default: MODEL when it is .onnx, else RUN/export/model.onnx or RUN/report/export/model.onnx)."),
+    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", min=0.001, help="The GPU's dense BF16 rate in TFLOP/s (datasheet); default: measured with a BF16 matrix product in this run."),
+) -> None:
+    """Throughput against batch size for each variant, up to the largest batch that fits; the knee marked.
+
+    Writes OUT/bench.md (table), OUT/bench.json (schema fgcli.bench/1) and OUT/bench.png (images/s against batch, knee circled).
+
+    fgcli bench runs/base/best.pt --device cuda --formats torch-fp32,torch-bf16,torch-bf16-compiled
+    fgcli bench runs/base/export/model.int8.onnx --max-batch 64
+    """
+    from fgcli.report.bench import (
+        bench_calls, bench_limit, bench_record, bench_table, counted_model, open_bench_runners, run_sweep,
+        sweep_batches, write_bench,
+    )
+    from fgcli.report.plots import require_matplotlib
+    from fgcli.report.render import rich_table
+
+    require_matplotlib()
+    batches = sweep_batches(max_batch)
+    runners, refused = open_bench_runners(source, formats, device)
+    for name, reason in refused:
+        console.print(f"[yellow]not run here:[/] {name}: {escape(reason)}", highlight=False)
+    try:
+        with _task("throughput by batch size", bench_calls(batches, iterations)) as advance:
+            sweeps = run_sweep(runners, batches, iterations, warmup, progress=advance)
+        img_size = next(iter(runners.values())).preprocess.img_size
+    finally:
+        for runner in runners.values():
+            runner.close()
+    limit = bench_limit(sweeps, counted_model(source, onnx), peak_tflops,
+                        lambda message: console.print(f"[dim]{escape(message)}[/]", highlight=False))
+    record = bench_record(source, device, sweeps, refused, batches, img_size, iterations, limit)
+    paths = write_bench(record, out or source.parent / "bench")
+    console.print(rich_table("images/s by batch size (* the knee)", *bench_table(record)))
+    for sweep in sweeps:
+        if sweep.stopped:
+            console.print(f"[yellow]{sweep.name}:[/] {escape(sweep.stopped)}", highlight=False)
+    console.print(f"wrote [bold]{paths['md']}[/], {paths['json'].name}, {paths['png'].name}")
 
 
 @app.command()

@@ -30,11 +30,12 @@ def test_dry_run_lists_the_plan_and_parses_both_fgcli_command_lines(tmp_path, ca
     printed = capsys.readouterr().out
     plan_line, checked = printed.split("\n", 1)
     assert plan_line.startswith("plan: train, qat, ddp, pipeline, eval, report")
-    assert json.loads(plan_line.split(" ", 7)[-1])["img_size"] == 448
+    assert json.loads(plan_line[plan_line.index("{"):])["img_size"] == 448
     checked = json.loads(checked)
     assert checked["methods"] == gpu_check.list_models() and len(checked["methods"]) == 6
     assert checked["commands"]["report"].startswith(f"fgcli report {tmp_path / 'baseline' / 'best.pt'}")
     assert "--device cuda" in checked["commands"]["ddp"] and set(checked["backends"]) == {"tensorrt", "onnxruntime-gpu"}
+    assert checked["commands"]["bench"].startswith(f"fgcli bench {tmp_path / 'baseline' / 'best.pt'} --device cuda")
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 

@@ -20,8 +20,10 @@ from fgcli.engine.evaluate import EvalResult
 from fgcli.errors import FgcliError
 from fgcli.report import SCHEMA, VARIANT_NAMES, ReportHooks, build_report, write_report
 from fgcli.report.core import agreement, worst_classes
-from fgcli.report.variants import AUTO_VARIANTS, QAT_VARIANT
+from fgcli.report.variants import AUTO_VARIANTS, ON_REQUEST, QAT_VARIANT
 from fgcli.report.timing import time_interleaved, timed_calls
+from fgcli.data.preprocess import PreprocessConfig
+from fgcli.runtime.base import Runner
 from fgcli.runtime.doctor import LABELS
 
 FAST = {"batch_sizes": (1, 2), "iterations": 2, "warmup": 1, "calib_size": 24}
@@ -88,7 +90,8 @@ def test_report_writes_the_three_files_with_every_column_and_only_finite_numbers
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = strict_json(out / "report.json")
     assert saved["schema"] == SCHEMA and saved["reference"] == "torch-fp32"
-    assert [v["name"] for v in saved["variants"]] == [n for n in VARIANT_NAMES if n not in (*AUTO_VARIANTS, QAT_VARIANT)]
+    assert [v["name"] for v in saved["variants"]] == [n for n in VARIANT_NAMES
+                                                      if n not in (*AUTO_VARIANTS, QAT_VARIANT, *ON_REQUEST)]
     assert list(saved["environment"]) == list(LABELS)
     assert saved["model"] == {"method": "baseline", "backbone": "resnet18", "classes": 3, "img_size": 32}
     assert saved["dataset"]["images"] == 12 and saved["batch_sizes"] == [1, 2]
@@ -99,13 +102,17 @@ def test_report_writes_the_three_files_with_every_column_and_only_finite_numbers
         assert v["reason"] is None and 0 <= v["top1"] <= v["top5"] <= 1 and 0 <= v["agreement"] <= 1
         assert 0 < v["latency_ms"]["p50"] <= v["latency_ms"]["p90"] <= v["latency_ms"]["p99"]
         assert set(v["throughput_ips"]) == {"1", "2"} and min(v["throughput_ips"].values()) > 0
-        assert v["file_mb"] > 0 and v["runner"]
+        assert v["file_mb"] > 0 and v["runner"] and v["device"] == "cpu" and v["timed"]
+        assert v["limit_fraction"] is None  # a CPU has no BF16 tensor-core rate to measure against
+    assert variant(saved, "torch-fp32")["provider"] == "PyTorch eager"
+    assert variant(saved, "onnx-fp32")["provider"] == variant(saved, "onnx-int8-ort")["provider"] == "CPUExecutionProvider"
+    assert saved["limit"] is None
     assert variant(saved, "onnx-fp32")["build_seconds"] > 0
     assert variant(saved, "onnx-int8-ort")["calib_seconds"] > 0
 
     header = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| variant"))
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns == ["variant", "runner", "file MB", "top-1 %", "top-5 %", "Δ top-1 pp", "agreement %", "p50 ms",
+    assert columns == ["variant", "runner", "device", "provider", "file MB", "top-1 %", "top-5 %", "Δ top-1 pp", "agreement %", "p50 ms",
                        "p90 ms", "p99 ms", "speed-up p50", "img/s b1", "img/s b2", "build s", "calib s", "float nodes"]
     assert "![top-1 against latency" in (out / "report.md").read_text()
 
@@ -166,9 +173,9 @@ def test_a_variant_compared_with_itself_agrees_fully_and_lost_classes_are_ranked
 def test_timing_interleaves_the_runners_and_makes_the_announced_number_of_calls():
     calls = []
 
-    class Recorder:
+    class Recorder(Runner):
         def __init__(self, name):
-            self.name = name
+            super().__init__(name=name, class_names=CLASSES, preprocess=PreprocessConfig(8, 8), precision="fp32")
 
         def run(self, images):
             calls.append((self.name, len(images)))
@@ -259,6 +266,8 @@ def test_tensorrt_engines_are_built_once_and_measured_with_the_fake_tensorrt(ful
         assert row["available"] and row["runner"] == "tensorrt:cuda:0" and row["build_seconds"] is not None
         assert Path(row["path"]).name == f"model.{row['precision']}.engine"
     assert sum(step.startswith("building") for step in steps) == 3
+    assert {variant(report, name)["device"] for name in ("trt-fp32", "trt-fp16", "trt-int8")} == {"cuda:0"}
+    assert "could not measure the GPU's rate" in report["limit"]["note"]  # no CUDA PyTorch here: said, not guessed
     steps.clear()
     build_report(export, tiny_dataset, tmp_path / "report", **options)
     assert not any(step.startswith("building") for step in steps)  # same ONNX, TensorRT and GPU: reused
@@ -312,9 +321,3 @@ def test_bad_report_options_exit_2(option, message, tiny_checkpoint, tiny_datase
     assert code == 2 and message in stderr
     assert not (tmp_path / "export").exists()  # refused before exporting anything
 
-
-def test_torch_fp16_autocast_is_refused_on_cpu(tiny_checkpoint):
-    from fgcli.runtime.torch_runner import TorchRunner
-
-    with pytest.raises(FgcliError, match="FP16 autocast runs on a CUDA GPU only"):
-        TorchRunner(tiny_checkpoint, device="cpu", autocast="fp16")

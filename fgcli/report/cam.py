@@ -352,7 +352,7 @@ def _variant_row(runners: dict, path: str | Path, rgb, grid: int) -> Row:
         note = f"occlusion, max drop {occlusion.drop.max():.3f}"
         panels.append(Panel(title, images[name], heat if heat.any() else None, note))
     for name, runner in runners.items():
-        if isinstance(runner, TorchRunner):
+        if isinstance(runner, TorchRunner) and runner.precision == "fp32":  # a half-precision model's Grad-CAM adds nothing
             cam, _ = grad_cam(runner.model, _as_batch(inputs[name], runner.device))
             panels.append(grad_cam_panel(f"{name}: Grad-CAM", images[name], cam[0]))
     return Row(_image_label(path, runners[first].class_names), panels)

@@ -22,10 +22,11 @@ from fgcli.engine.batches import iter_image_batches
 from fgcli.engine.evaluate import evaluate_runner
 from fgcli.errors import FgcliError
 from fgcli.report.artifacts import attach_onnx_artifact, export_for_report, prepare_engines, read_export_record
+from fgcli.report.limit import device_limit
 from fgcli.report.timing import throughput_rounds, time_interleaved, timed_calls
 from fgcli.report.variants import (
-    AUTO_VARIANTS, ONNX_FILES, QAT_VARIANT, REFERENCE_CANDIDATES, TENSORRT, TORCH, Variant, parse_formats,
-    plan_variants,
+    AUTO_VARIANTS, NOTE_ORT_ON_CPU, ONNX_FILES, ONNXRUNTIME, QAT_VARIANT, REFERENCE_CANDIDATES, TENSORRT, TORCH,
+    Variant, onnxruntime_device, parse_formats, plan_variants,
 )
 from fgcli.runtime import open_runner
 from fgcli.runtime.doctor import collect_environment
@@ -95,6 +96,7 @@ def build_report(
     qat: str | Path | None = None,
     hooks: ReportHooks | None = None,
     auto_calib: bool = False,
+    peak_tflops: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate and time every variant of a model on ``split`` of ``data``; returns the report dict.
 
@@ -113,6 +115,8 @@ def build_report(
     ``val_size``: the val (else test) images the target is measured on; ``max_drop``: with a target, also keep
     top-1 at most this many points below FP32 there; ``auto_calib``: calibrate them with the method whose full
     INT8 is closest to FP32 (``fgcli export --auto-calib``).
+    ``peak_tflops``: the GPU's rate for the "fraction of the limit" column (default: a BF16 matrix product
+    measured on the device in this run; see ``fgcli.report.limit``).
     ``qat``: a QAT run's checkpoint (``fgcli train --qat --weights SOURCE``): adds ``onnx-int8-qat``, its Q/DQ
     ONNX, beside the PTQ variants of ``source``. A QAT checkpoint given as ``source`` is reported that way against
     the FP32 run it was fine-tuned from.
@@ -161,11 +165,16 @@ def build_report(
         with hooks.task("timing, interleaved", timed_calls(len(runners), batch_sizes, iterations, warmup)) as advance:
             timings = time_interleaved(runners, images, batch_sizes, iterations, warmup, progress=advance)
         runner_names = {name: runner.name for name, runner in runners.items()}
+        placements = {name: (*runner.placement, runner.timed_region) for name, runner in runners.items()}
+        limit = device_limit(placements, timings, export_dir, batch_sizes[-1], peak_tflops, hooks.step)
         model = _model_info(checkpoint, runners[reference])
         attention = _attention_grid(runners, variants, reference, data_split, evaluations[reference], cam_images,
                                     out_dir, hooks)
 
     ref_eval = evaluations[reference]
+    ort_ran = any(v.backend == ONNXRUNTIME and v.name in placements for v in variants)
+    if ort_ran and onnxruntime_device(device) != device:  # --device cuda, and onnxruntime has no CUDA provider
+        notes.append(NOTE_ORT_ON_CPU.format(device=device))
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -183,7 +192,9 @@ def build_report(
                                          for b in batch_sizes}},
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
         "environment": collect_environment(),
-        "variants": [_variant_row(v, runner_names, evaluations, timings, reference, checkpoint) for v in variants],
+        "limit": limit.summary,
+        "variants": [_variant_row(v, runner_names, evaluations, timings, reference, checkpoint, placements,
+                                  limit.fractions) for v in variants],
         "attention": attention,
         "notes": notes,
     }
@@ -289,10 +300,10 @@ def _open(variant: Variant, checkpoint: dict | None, device: str):
         if variant.backend == TORCH:
             from fgcli.runtime.torch_runner import TorchRunner
 
-            autocast = None if variant.precision == "fp32" else variant.precision
-            return TorchRunner(checkpoint, device=device, autocast=autocast)
+            return TorchRunner(checkpoint, device=device, precision=variant.precision, mode=variant.torch_mode)
         # ORT threads that busy-wait after a call would slow the next variant of the interleaved timing
-        return open_runner(variant.path, device=device, spin_wait=False)
+        runtime_device = onnxruntime_device(device) if variant.backend == ONNXRUNTIME else device
+        return open_runner(variant.path, device=runtime_device, spin_wait=False)
     except FgcliError as exc:
         variant.refuse(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
         return None
@@ -329,11 +340,13 @@ def _model_info(checkpoint: dict | None, reference_runner) -> dict[str, Any]:
 
 
 def _variant_row(variant: Variant, runner_names: dict, evaluations: dict, timings: dict, reference: str,
-                 checkpoint: dict | None) -> dict[str, Any]:
+                 checkpoint: dict | None, placements: dict, limit_fractions: dict) -> dict[str, Any]:
     """One entry of ``variants``: every column, null where it does not apply (not run, not recorded)."""
+    device, provider, timed = placements.get(variant.name, (None, None, None))
     row: dict[str, Any] = {
         "name": variant.name, "backend": variant.backend, "precision": variant.precision,
-        "runner": runner_names.get(variant.name), "path": str(variant.path) if variant.path else None,
+        "runner": runner_names.get(variant.name), "device": device, "provider": provider, "timed": timed,
+        "limit_fraction": limit_fractions.get(variant.name), "path": str(variant.path) if variant.path else None,
         "file_mb": _size_mb(variant, checkpoint), "available": variant.name in evaluations, "reason": variant.reason,
         "top1": None, "top5": None, "delta_top1": None, "agreement": None, "worst_classes": [],
         "latency_ms": None, "throughput_ips": None, "speedup_p50": None, "throughput_speedup": None,
@@ -374,11 +387,14 @@ def worst_classes(result, reference, count: int = WORST_CLASSES) -> list[dict[st
 
 
 def _size_mb(variant: Variant, checkpoint: dict | None) -> float | None:
-    """File size in MB (10^6 bytes); for torch variants the weights alone (best.pt also holds optimizer state)."""
+    """File size in MB (10^6 bytes); for torch variants the weights alone (best.pt also holds optimizer state), at
+    2 bytes per float for the FP16 / BF16 models, as converted."""
     if variant.backend == TORCH:
         if checkpoint is None:
             return None
-        return sum(t.numel() * t.element_size() for t in checkpoint["model"].values()) / 1e6
+        half = variant.precision != "fp32"
+        return sum(t.numel() * (2 if half and t.is_floating_point() else t.element_size())
+                   for t in checkpoint["model"].values()) / 1e6
     if variant.path is None or not Path(variant.path).is_file():
         return None
     return Path(variant.path).stat().st_size / 1e6

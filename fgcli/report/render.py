@@ -12,7 +12,7 @@ from fgcli.runtime.doctor import NOT_JETSON
 
 DASH = "—"
 GPU_NOT_FOUND = "none found"  # what fgcli doctor reports without a GPU
-TEXT_COLUMNS = ("report", "variant", "runner")
+TEXT_COLUMNS = ("report", "variant", "runner", "device", "provider")
 
 
 def pct(value: float | None) -> str:
@@ -59,6 +59,8 @@ def main_table(report: dict[str, Any], terminal: bool = False) -> tuple[list[str
     columns = [
         ("variant", lambda v: v["name"] + ("" if terminal or v["name"] != reference else " (reference)")),
         ("runner", lambda v: v["runner"]),
+        ("device", lambda v: v.get("device") or DASH),
+        ("provider", lambda v: v.get("provider") or DASH),
         ("file MB", lambda v: number(v["file_mb"])),
         ("top-1 %", lambda v: pct(v["top1"])),
         ("top-5 %", lambda v: pct(v["top5"])),
@@ -70,6 +72,8 @@ def main_table(report: dict[str, Any], terminal: bool = False) -> tuple[list[str
         ("speed-up p50", lambda v: ratio(v["speedup_p50"])),
         *[(f"img/s b{b}", lambda v, b=b: throughput_cell(v, b, with_ratio=not terminal))
           for b in report["batch_sizes"]],
+        *([(f"of limit % b{report['batch_sizes'][-1]}", lambda v: pct(v.get("limit_fraction")))]
+          if report.get("limit") and report["limit"]["peak_tflops"] else []),
         ("build s", lambda v: number(v["build_seconds"])),
         ("calib s", lambda v: number(v["calib_seconds"])),
         ("float nodes", lambda v: DASH if v.get("float_nodes") is None else str(v["float_nodes"])),
@@ -127,6 +131,7 @@ def render_markdown(report: dict[str, Any], png_name: str = "report.png") -> str
         f"{DASH}: does not apply (torch has no build step; an INT8 ONNX records its calibration, which includes "
         "quantizing) or was not recorded (an export folder without export.json). build s: ONNX export with its parity "
         "check, or TensorRT engine build. Torch file MB is the weights alone; best.pt also holds the optimizer state.",
+        *timed_regions(report), *limit_lines(report),
     ]
     skipped = [v for v in report["variants"] if not v["available"]]
     if skipped:
@@ -153,6 +158,31 @@ def render_markdown(report: dict[str, Any], png_name: str = "report.png") -> str
                   "scale per row, so an INT8 model that looks elsewhere than FP32 shows it.", "",
                   f"![occlusion maps of the reference and the quantized variants]({attention['png']})", ""]
     return "\n".join(lines)
+
+
+def timed_regions(report: dict[str, Any]) -> list[str]:
+    """What one timed call covers, per group of variants (a GPU runner's input copy is or is not in it)."""
+    regions: dict[str, list[str]] = {}
+    for v in report["variants"]:
+        if v["available"] and v.get("timed"):
+            regions.setdefault(v["timed"], []).append(v["name"])
+    if not regions:
+        return []
+    return ["", "Inside each timed call: " + "; ".join(f"{', '.join(names)}: {region}"
+                                                      for region, names in regions.items()) + "."]
+
+
+def limit_lines(report: dict[str, Any]) -> list[str]:
+    """How the "of limit" column is made, or why it is missing."""
+    limit = report.get("limit")
+    if not limit:
+        return []
+    if not limit["flops_per_image"] or not limit["peak_tflops"]:
+        return ["", f"Fraction of the limit: not computed ({limit['note']})."]
+    return ["", f"of limit %: images/s at batch {limit['batch']} x {limit['flops_per_image'] / 1e9:.2f} GFLOP per "
+                f"image (Conv / Gemm / MatMul of {limit['counted_from']}, 2 FLOPs per multiply-add) against "
+                f"{limit['peak_tflops']:.1f} TFLOP/s ({limit['peak_source']}): at most "
+                f"{limit['images_per_s_bound']:.0f} images/s. GPU variants only."]
 
 
 def rich_table(title: str, headers: list[str], rows: list[list[str]]):

@@ -45,16 +45,18 @@ def time_interleaved(runners: dict, images: np.ndarray, batch_sizes: list[int], 
 
     Per batch size: ``warmup`` untimed calls per runner, then rounds of one timed call per runner. Batch 1
     always runs ``iterations`` rounds (its samples give the latency percentiles); larger batches run
-    ``throughput_rounds`` rounds.
+    ``throughput_rounds`` rounds. A timed call is ``runner.run_staged`` on the batch its ``stage_input`` made
+    before the rounds (a GPU runner's host-to-device copy stays outside; ``Runner.timed_region`` says what is in).
     """
     progress = progress or (lambda n: None)
     names = list(runners)
     samples: dict[int, dict[str, list[float]]] = {}
     for batch in sorted(set(batch_sizes) | {1}):
         inputs = np.ascontiguousarray(images[:batch])
+        staged = {name: runners[name].stage_input(inputs) for name in names}
         for name in names:
             for _ in range(warmup):
-                runners[name].run(inputs)
+                runners[name].run_staged(staged[name])
                 progress(1)
         rounds = iterations if batch == 1 else throughput_rounds(batch, iterations)
         samples[batch] = {name: [] for name in names}
@@ -62,7 +64,7 @@ def time_interleaved(runners: dict, images: np.ndarray, batch_sizes: list[int], 
             start_at = round_index % len(names)
             for name in names[start_at:] + names[:start_at]:
                 start = time.perf_counter()
-                runners[name].run(inputs)
+                runners[name].run_staged(staged[name])
                 samples[batch][name].append(time.perf_counter() - start)
                 progress(1)
     timings = {}

@@ -23,6 +23,12 @@ CATALOG: dict[str, tuple[str, str]] = {
     "torch-fp32": (TORCH, "fp32"),
     "torch-fp16": (TORCH, "fp16"),
     "torch-bf16": (TORCH, "bf16"),
+    "torch-fp16-compiled": (TORCH, "fp16"),
+    "torch-bf16-compiled": (TORCH, "bf16"),
+    "torch-fp16-graph": (TORCH, "fp16"),
+    "torch-bf16-graph": (TORCH, "bf16"),
+    "torch-fp16-compiled-graph": (TORCH, "fp16"),
+    "torch-bf16-compiled-graph": (TORCH, "bf16"),
     "onnx-fp32": (ONNXRUNTIME, "fp32"),
     "onnx-int8-modelopt": (ONNXRUNTIME, "int8"),
     "onnx-int8-modelopt-auto": (ONNXRUNTIME, "int8"),
@@ -39,6 +45,10 @@ AUTO_VARIANTS = ("onnx-int8-modelopt-auto", "onnx-int8-ort-auto")
 #: the Q/DQ ONNX of a QAT run (``fgcli train --qat``): reported only when a QAT checkpoint is given, or found in
 #: an export folder
 QAT_VARIANT = "onnx-int8-qat"
+#: torch.compile and CUDA-graph variants (``TORCH_MODES``): reported only when named in --formats (compiling
+#: takes minutes per batch size)
+ON_REQUEST = ("torch-fp16-compiled", "torch-bf16-compiled", "torch-fp16-graph", "torch-bf16-graph",
+              "torch-fp16-compiled-graph", "torch-bf16-compiled-graph")
 #: the FP32 reference for accuracy deltas, agreement and speed-ups: the first of these that ran
 REFERENCE_CANDIDATES = ("torch-fp32", "onnx-fp32")
 #: --formats shorthands for a whole backend
@@ -58,6 +68,9 @@ REASON_NO_MODELOPT = "nvidia-modelopt is not installed (pip install fgcli[quant]
 REASON_NO_TENSORRT = ("TensorRT is not installed (on an NVIDIA GPU machine: pip install fgcli[trt], or JetPack's "
                       "TensorRT on a Jetson; then run fgcli report there on the export folder)")
 REASON_CPU_ONLY = "needs a CUDA GPU, and this report runs on {device}"
+NOTE_ORT_ON_CPU = ("ONNX Runtime here has no CUDAExecutionProvider (the CPU build), so the onnx-* variants ran on "
+                   "the CPU (their device column says so; pip install onnxruntime-gpu runs them on the GPU); "
+                   "--device {device} applies to PyTorch and TensorRT")
 
 
 @dataclass
@@ -86,6 +99,12 @@ class Variant:
         return CATALOG[self.name][1]
 
     @property
+    def torch_mode(self) -> str:
+        """How a torch variant runs its forward pass (``TORCH_MODES``): what follows its precision in the name."""
+        parts = self.name.split("-", 2)
+        return parts[2] if self.backend == TORCH and len(parts) == 3 else "eager"
+
+    @property
     def available(self) -> bool:
         return self.reason is None
 
@@ -94,24 +113,29 @@ class Variant:
         self.reason = self.reason or reason
 
 
-def parse_formats(formats: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """``"all"`` / None -> every variant; else a comma list of variant names or the groups torch, onnx, trt."""
+def parse_formats(formats: str | list[str] | tuple[str, ...] | None, require_reference: bool = True) -> list[str]:
+    """``"all"`` / None -> every variant but ``ON_REQUEST``; else a comma list of variant names, "all" and the
+    groups torch, onnx, trt (the ``ON_REQUEST`` variants only by name). ``require_reference``: refuse a list
+    without an FP32 reference (the report compares against it; a speed sweep does not)."""
+    default = [name for name in VARIANT_NAMES if name not in ON_REQUEST]
     if formats is None:
-        return list(VARIANT_NAMES)
+        return default
     tokens = [t.strip().lower() for t in (formats.split(",") if isinstance(formats, str) else formats)]
     tokens = [t for t in tokens if t]
-    if not tokens or "all" in tokens:
-        return list(VARIANT_NAMES)
+    if not tokens:
+        return default
     chosen = set()
     for token in tokens:
         if token in CATALOG:
             chosen.add(token)
+        elif token == "all":
+            chosen.update(default)
         elif token in GROUPS:
-            chosen.update(name for name in VARIANT_NAMES if name.startswith(GROUPS[token]))
+            chosen.update(name for name in default if name.startswith(GROUPS[token]))
         else:
             raise FgcliError(f"unknown report format '{token}'", hint=f"use all, a group ({', '.join(GROUPS)}) "
                                                                       f"or variant names: {', '.join(VARIANT_NAMES)}")
-    if not chosen & set(REFERENCE_CANDIDATES):
+    if require_reference and not chosen & set(REFERENCE_CANDIDATES):
         raise FgcliError(f"--formats {','.join(tokens)} has no FP32 reference to compare against",
                          hint="add torch-fp32 or onnx-fp32 (or use --formats all)")
     return [name for name in VARIANT_NAMES if name in chosen]
@@ -133,7 +157,8 @@ def is_gpu_device(device: str) -> bool:
 
 
 def torch_gpu_reason(device: str, precision: str) -> str | None:
-    """Why PyTorch cannot run ``precision`` (fp16 / bf16 autocast) on ``device``, or None when it can."""
+    """Why PyTorch cannot run ``precision`` (fp16 / bf16), or a compiled / CUDA-graph variant, on ``device``, or
+    None when it can. On CPU they are refused: half precision there is slower than FP32, not a deployment."""
     if not is_gpu_device(device):
         return REASON_CPU_ONLY.format(device=device)
     import torch
@@ -162,7 +187,7 @@ def plan_variants(names: list[str], *, checkpoint: bool, export_dir: Path, devic
                 variant.refuse(REASON_NO_TORCH)
             if not checkpoint:
                 variant.refuse(f"needs the .pt checkpoint, and the report was given the export folder {export_dir}")
-            if variant.available and variant.precision != "fp32":
+            if variant.available and (variant.precision != "fp32" or variant.torch_mode != "eager"):
                 variant.refuse(torch_gpu_reason(device, variant.precision))
         if backend in (ONNXRUNTIME, TENSORRT) and checkpoint and not (has_onnx and has_ort):
             variant.refuse(REASON_NO_ONNX)
@@ -184,6 +209,16 @@ def plan_variants(names: list[str], *, checkpoint: bool, export_dir: Path, devic
                 variant.refuse(_engine_source_reason(name, export_dir, can_convert=has_onnx and has_ort))
         variants.append(variant)
     return variants
+
+
+def onnxruntime_device(device: str) -> str:
+    """Where ONNX Runtime runs for ``--device device``: the GPU when this onnxruntime has CUDAExecutionProvider,
+    else the CPU ("cuda" is not a reason to refuse a runtime that has no GPU backend here; ``NOTE_ORT_ON_CPU``)."""
+    if parse_device(device)[0] != "cuda":
+        return device
+    import onnxruntime
+
+    return device if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
 
 
 def _engine_source_reason(name: str, export_dir: Path, can_convert: bool) -> str | None:

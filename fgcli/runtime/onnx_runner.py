@@ -152,12 +152,17 @@ class OnnxRunner(Runner):
         super().__init__(name=f"onnxruntime:{active}", class_names=meta["class_names"],
                          preprocess=PreprocessConfig.from_dict(meta["preprocess"]), precision=meta["precision"])
         self.metadata = meta
+        self._device = "cpu" if active == CPU else f"cuda:{parse_device(device, allowed=ORT_DEVICES)[1]}"
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name
         self._input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
         self._chw = (3, self.preprocess.img_size, self.preprocess.img_size)
         check_graph_matches_metadata(self.path, self._session.get_inputs(), self._session.get_outputs(),
                                      self._chw, len(self.class_names))
+
+    @property
+    def placement(self) -> tuple[str, str]:
+        return self._device, self.name.split(":", 1)[1]
 
     def run(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)

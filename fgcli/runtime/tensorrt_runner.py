@@ -396,6 +396,11 @@ class TensorRTRunner(Runner):
         return f"dla{dla_core}" if dla_core is not None else f"cuda:{device}"
 
     @property
+    def placement(self) -> tuple[str, str]:
+        backend = "TensorRT-RTX" if self.sidecar.get("backend") == TENSORRT_RTX else "TensorRT"
+        return self.name.split(":", 1)[1], f"{backend} {self.sidecar['tensorrt_version']}"
+
+    @property
     def io_api(self) -> str:
         """"bindings" (TensorRT < 10) or "named-tensors"."""
         return self._io.api
