@@ -366,13 +366,13 @@ class Trainer:
 
     def _read_back(self, tally: "_EpochTally", epoch: int, all_ranks: bool = False) -> dict[str, float]:
         """The epoch's running means (over every rank's images with ``all_ranks``) in one read-back; stops with
-        the divergence message if a loss has been non-finite since the last one."""
+        the divergence message if a loss on this rank has been non-finite since the last one."""
         stats = tally.stats()
-        if all_ranks:
-            dist_utils.all_reduce_sum(stats, self.dist)
-        values = stats.tolist()
-        seen, correct, diverged_at, *rest = values
-        sums, first_bad = rest[:len(rest) // 2], rest[len(rest) // 2:]
+        summed = dist_utils.all_reduce_sum(stats.clone(), self.dist) if all_ranks else stats
+        values = torch.cat([stats, summed]).tolist()
+        local, (seen, correct, _, *rest) = values[:len(stats)], values[len(stats):]
+        sums = rest[:len(tally.names) + 1]
+        diverged_at, first_bad = local[2], local[3 + len(tally.names) + 1:]
         if diverged_at:
             loss, *terms = first_bad
             named = ", ".join(f"{name}={value:.4g}" for name, value in zip(tally.names, terms))
