@@ -105,6 +105,12 @@ def test_train_and_pipeline_steps_at_the_rehearsal_size(tmp_path):
     assert pipeline["host_syncs_in_one_epoch"] is None  # counted on CUDA only
 
 
+def test_graphs_step_times_batch_1_eager_and_says_what_a_cpu_rehearsal_leaves_out(tmp_path):
+    figures = gpu_check.step_graphs(gpu_check.rehearsal_plan(), tmp_path / "data", tmp_path)
+    assert figures["bf16/eager/b1"] > 0
+    assert figures["compile"] == "skipped (rehearsal)" and figures["cuda-graph"] == "skipped (CPU)"
+
+
 def test_synthetic_split_gives_about_the_requested_steps():
     plan = gpu_check.full_plan(steps=300, img_size=448)
     train_images = gpu_check.per_class_for(plan) * plan.classes * 0.7
