@@ -449,7 +449,7 @@ def dry_run(plan: Plan, out: Path, groups: tuple[str, ...]) -> dict:
 
 
 def table(record: dict) -> str:
-    """One line per figure, ``step  name  value`` (tracebacks stay in the JSON)."""
+    """One line per figure, ``step  name  value`` (tracebacks stay in the JSON), then each method's status."""
     lines = [f"{'step':22} {'figure':40} value"]
     for step, figures in record["steps"].items():
         for name, value in figures.items():
@@ -457,6 +457,8 @@ def table(record: dict) -> str:
                 continue
             for key, item in (value.items() if isinstance(value, dict) else [("", value)]):
                 lines.append(f"{step:22} {(name + ('/' + key if key else ''))[:40]:40} {item}")
+    for method, groups in record.get("methods", {}).items():
+        lines.append(f"{method:22} " + "; ".join(f"{group} {status}" for group, status in groups.items()))
     return "\n".join(lines)
 
 
