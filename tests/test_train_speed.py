@@ -197,3 +197,17 @@ def test_the_loop_reads_the_device_back_every_sync_every_steps_not_every_step(ti
     assert len(steps) == 12 and [i for i, p in enumerate(steps, 1) if p] == [1, 5, 10, 12]
     assert reads == ["tolist"] * 5  # steps 1, 5, 10, 12 and the epoch's totals
     assert 0.0 <= stats["train_acc"] <= 1.0 and np.isfinite(stats["train_loss"]) and stats["train_ce"] == stats["train_loss"]
+
+
+def test_compile_option_compiles_the_training_forward_only(tiny_dataset, tmp_path, monkeypatch):
+    compiled = []
+
+    def fake_compile(module):  # torch.compile on 2 CPU cores takes minutes; what it wraps is the point here
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    trainer = Trainer(tiny_train_config(tiny_dataset, tmp_path / "run", compile=True))
+    assert compiled == [trainer.ddp_model] and trainer.step_model is trainer.ddp_model
+    Trainer(tiny_train_config(tiny_dataset, tmp_path / "plain"))
+    assert len(compiled) == 1  # off by default
