@@ -190,7 +190,8 @@ def train(
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine or step."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (0: load in the main process)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA (default on)."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="Autocast precision: bf16, fp16 or off. Default: bf16 on a GPU that has it, else fp16 (with loss scaling); off on the CPU. --resume keeps the run's unless given."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model for training: faster steps on a GPU after minutes of compiling."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly where OUT/last.pt stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start a new run in an OUT that holds one: its files are replaced when the new run finishes its first epoch, not before."),
@@ -217,7 +218,7 @@ def train(
         "img_size": img_size, "resize_size": resize_size, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "backbone_lr_scale": backbone_lr_scale, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "schedule": schedule, "workers": workers, "device": device,
-        "amp": amp, "seed": seed, "resume": resume or None, "overwrite": overwrite or None,
+        "amp": amp, "compile": compile_model or None, "seed": seed, "resume": resume or None, "overwrite": overwrite or None,
         "skip_bad": skip_bad or None,
         "model_kwargs": {"attention_backbone": attention_backbone} if attention_backbone else None,
         "tensorboard": tensorboard or None, "tensorboard_every": tensorboard_every,
@@ -277,6 +278,8 @@ class _TrainDisplay:
             err_console.print(f"[yellow]note:[/] {escape(payload['message'])}", highlight=False)
         elif event == "epoch_start":
             self._reset(f"epoch {payload['epoch'] + 1}/{payload['epochs']}", payload["steps"])
+        elif event == "step" and not payload:  # between the loop's read-backs of its figures
+            self.progress.update(self.task, advance=1)
         elif event == "step":
             terms = "".join(f" {name} {value:.3g}" for name, value in payload["terms"].items())
             info = (f"loss {payload['loss']:.3f}{terms} acc {payload['acc']:.3f} "

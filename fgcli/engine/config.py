@@ -26,6 +26,9 @@ def check_img_size(img_size: int) -> None:
                          "reduce an image by (their output stride)", hint="use e.g. 224, 448 or, for a quick test, 64")
 
 
+#: ``--amp`` values; ``auto`` is resolved on the device by ``fgcli.engine.train.resolve_precision``
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -73,7 +76,8 @@ class TrainConfig:
     gamma: float = 0.1
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     device: str = "auto"
-    amp: bool = True  # only takes effect on CUDA
+    amp: str = "auto"  # auto | bf16 | fp16 | off: autocast precision; auto resolves per device (resolve_precision)
+    compile: bool = False  # torch.compile the model for training (CUDA: worth its minutes of compiling)
     seed: int = 0
     resume: bool = False
     overwrite: bool = False  # start a new run in an out folder that holds one
@@ -95,6 +99,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         check_img_size(self.img_size)
+        if self.amp not in AMP_CHOICES:
+            raise FgcliError(f"--amp {self.amp} is not a precision", hint=f"use one of {', '.join(AMP_CHOICES)}")
         if self.img_size % BACKBONE_STRIDE:
             raise FgcliError(f"--img-size {self.img_size} is not divisible by {BACKBONE_STRIDE}", hint="use e.g. 224, 448 or 128")
         if self.resize_size < self.img_size:

@@ -1,8 +1,13 @@
 """The training loop: readable first (torchvision reference style), exact to resume, DDP-ready.
 
 One epoch is fully determined by ``(seed, epoch, rank)``: the RNGs are reseeded at the start of
-every epoch and the sampler draws its order from the same seed. A run killed after epoch k and
+every epoch and the sampler draws its order and each sample's augmentation seed from the same seed
+(``SeededSampler``: the loader's workers persist across epochs). A run killed after epoch k and
 resumed from ``last.pt`` therefore ends with the same weights as a run that was never stopped.
+
+At the speed of the GPU: the workers hand over uint8 images, normalised on the device (``Normalizer``); the
+epoch's loss terms, accuracy and the first non-finite loss are accumulated on the device and read back every
+``SYNC_EVERY`` steps, not every step (each read-back empties the GPU's queue); channels_last on CUDA.
 """
 
 from __future__ import annotations
@@ -14,9 +19,8 @@ import random
 import signal
 import threading
 import time
-from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,8 +30,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from fgcli.data import load_split
 from fgcli.data.preprocess import PreprocessConfig
-from fgcli.data.torch_dataset import ImageDataset, collate_with_bad
-from fgcli.data.transforms import eval_transform, train_transform
+from fgcli.data.torch_dataset import ImageDataset, SeededSampler, collate_with_bad
+from fgcli.data.transforms import Normalizer, eval_pixels, eval_transform, train_pixels
 from fgcli.engine import distributed as dist_utils
 from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fgcli.engine.config import TrainConfig
@@ -41,6 +45,20 @@ from fgcli.utils import atomic_path, write_json_atomic
 
 #: callback(event, payload) used by the CLI to drive progress bars; the loop itself prints nothing
 ProgressHook = Callable[[str, dict[str, Any]], None]
+
+#: steps between read-backs of the running loss (the progress line) and the finiteness check; also read back:
+#: an epoch's first step (figures on the screen at once) and its last
+SYNC_EVERY = 20
+#: batches each loader worker prepares ahead
+PREFETCH_FACTOR = 4
+#: autocast dtype per --amp precision; "off" runs in float32
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: what to try when training diverges, per precision
+DIVERGENCE_HINTS = {
+    "fp16": "fp16's range ends at 65504: try --amp bf16 (same range as fp32) or --amp off; else lower --lr",
+    "bf16": "try --amp off, or lower --lr",
+    "off": "lower --lr",
+}
 
 
 @dataclass
@@ -61,6 +79,28 @@ def seed_everything(seed: int) -> None:
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return seed * 1_000_003 + epoch * 1_009 + rank
+
+
+def resolve_precision(amp: str, device: torch.device) -> str:
+    """The autocast precision ``--amp`` asks for on ``device``: ``auto`` is bf16 on a GPU that has it (fp32's
+    range, so no loss scaling), else fp16 on CUDA, and off on the CPU, where fgcli never used autocast."""
+    if amp == "auto":
+        if device.type != "cuda":
+            return "off"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise FgcliError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16",
+                         hint="use --amp fp16 or --amp off")
+    return amp
+
+
+def recorded_precision(train_config: dict[str, Any], device: torch.device) -> str:
+    """The precision a checkpoint's run trained in (before ``--amp`` took a precision it was a flag: on = fp16,
+    on CUDA only)."""
+    amp = train_config.get("amp", True)
+    if isinstance(amp, bool):
+        return "fp16" if amp and device.type == "cuda" else "off"
+    return amp
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -97,17 +137,23 @@ class Trainer:
         seed_everything(cfg.seed)
         self.bad_images: dict[str, str] = {}
         resume_ckpt = self._read_resume_checkpoint() if cfg.resume else None
+        self.precision = self._precision(resume_ckpt)
+        self.cfg = cfg = replace(cfg, amp=self.precision)  # config.json and checkpoints record what ran
         self.qat_calibration_images = 0
         self.model = self._build_model(resume_ckpt)
+        channels_last = self.device.type == "cuda"  # the layout cuDNN's fast (tensor-core) convolutions take
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.backbone_name = self.model.backbone.name
         self.optimizer = torch.optim.SGD(
             self.model.param_groups(cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay),
             lr=cfg.lr, momentum=cfg.momentum, nesterov=False,
         )
-        self.use_amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.train_loader = self._loader(self.train_split, train_transform(self.preprocess), shuffle=True)
-        self.val_loader = self._loader(self.val_split, eval_transform(self.preprocess), shuffle=False)
+        self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")  # bf16 needs none
+        self.normalize = Normalizer(cfg.mean, cfg.std, self.device, channels_last)
+        self.train_loader = self._loader(self.train_split, train_pixels(self.preprocess), shuffle=True)
+        self.val_loader = self._loader(self.val_split, eval_pixels(self.preprocess), shuffle=False)
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, cfg)
@@ -122,6 +168,14 @@ class Trainer:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        # the training forward; checkpoints, validation and attention maps use the plain model
+        self.step_model = torch.compile(self.ddp_model) if cfg.compile else self.ddp_model
+
+    def _precision(self, resume_ckpt: dict[str, Any] | None) -> str:
+        """``--amp`` on this device; resuming without ``--amp``, the precision the run was trained in."""
+        if resume_ckpt is None or self.cfg.amp != "auto":
+            return resolve_precision(self.cfg.amp, self.device)
+        return resolve_precision(recorded_precision(resume_ckpt.get("train_config", {}), self.device), self.device)
 
     def _build_model(self, resume_ckpt: dict[str, Any] | None) -> torch.nn.Module:
         """The model on the device: a new one, or for ``--qat`` the ``--weights`` run with INT8 quantizers
@@ -167,23 +221,26 @@ class Trainer:
             sampler = RandomSampler(dataset, generator=torch.Generator())
         else:
             sampler = SequentialSampler(dataset)
+        if shuffle:
+            sampler = SeededSampler(sampler)
         # Training drops a ragged last batch (BatchNorm with a batch of 1 fails) unless that would drop everything.
         drop_last = shuffle and len(dataset) // max(1, self.dist.world_size) >= self.cfg.batch_size
+        workers = self.cfg.workers
         return DataLoader(
-            dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.workers,
+            dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=workers,
             collate_fn=collate_with_bad, drop_last=drop_last, pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers else None,
         )
 
     def _set_epoch(self, epoch: int) -> None:
         seed = epoch_seed(self.cfg.seed, epoch, self.dist.rank)
         seed_everything(seed)
-        sampler = self.train_loader.sampler
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        elif isinstance(sampler, RandomSampler):
-            sampler.generator.manual_seed(seed)
-        # Worker seeds derive from the global RNG, just reseeded: augmentation is reproducible too.
+        seeded = self.train_loader.sampler
+        seeded.set_seed(seed)  # each sample's augmentation seed
+        if isinstance(seeded.sampler, DistributedSampler):
+            seeded.sampler.set_epoch(epoch)
+        elif isinstance(seeded.sampler, RandomSampler):
+            seeded.sampler.generator.manual_seed(seed)
 
     def _check_bad(self, bad: list) -> None:
         for sample in bad:
@@ -253,7 +310,12 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("scaler"):  # empty: the run trained without loss scaling (bf16 / off); a new scale starts
+            self.scaler.load_state_dict(ckpt["scaler"])
+        trained_in = recorded_precision(ckpt.get("train_config", {}), self.device)
+        if trained_in != self.precision:
+            self.hook("note", {"message": f"--resume: {path} trained with --amp {trained_in}, continuing with "
+                                          f"--amp {self.precision} (not bit-identical to an uninterrupted run)"})
         _restore_rng(ckpt["rng"])
         self.start_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt.get("best_top1", -1.0))
@@ -267,52 +329,61 @@ class Trainer:
 
             freeze_batchnorm_statistics(self.model)
         self._set_epoch(epoch)
-        sums: dict[str, float] = defaultdict(float)
-        seen = correct = 0
+        tally = _EpochTally(self.device)
         start = time.perf_counter()
         self.hook("epoch_start", {"epoch": epoch, "steps": self.steps_per_epoch, "epochs": self.cfg.epochs})
-        for images, labels, _, bad in self.train_loader:
+        for step, (images, labels, _, bad) in enumerate(self.train_loader, 1):
             self._check_bad(bad)
             if len(labels) < 2:  # everything in this batch was bad, or BatchNorm cannot train on one image
                 self.scheduler.step()
                 continue
-            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                outputs = self.ddp_model(images)
+            images, labels = self.normalize(images), labels.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                outputs = self.step_model(images)
                 terms = self.model.loss(outputs, labels)
             total = sum(terms.values())
-            if not torch.isfinite(total):
-                raise FgcliError(
-                    f"training diverged at epoch {epoch + 1}: loss is {total.item()} "
-                    f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())})",
-                    hint="lower --lr, or resume from last.pt with a smaller learning rate",
-                )
+            tally.add(step, total, terms, outputs["logits"], labels)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-
-            n = len(labels)
-            seen += n
-            correct += int((outputs["logits"].argmax(1) == labels).sum())
-            sums["loss"] += total.item() * n
-            for name, value in terms.items():
-                sums[name] += value.item() * n
-            elapsed = time.perf_counter() - start
+            if step % SYNC_EVERY and step not in (1, self.steps_per_epoch):
+                self.hook("step", {})  # the bar advances; the figures wait for the next read-back
+                continue
+            means = self._read_back(tally, epoch)
             self.hook("step", {
-                "loss": sums["loss"] / seen, "acc": correct / seen,
-                "terms": {name: sums[name] / seen for name in terms} if len(terms) > 1 else {},
-                "images_per_s": seen * self.dist.world_size / max(elapsed, 1e-9),
+                "loss": means["loss"], "acc": means["acc"],
+                "terms": {name: means[name] for name in tally.names} if len(tally.names) > 1 else {},
+                "images_per_s": tally.seen * self.dist.world_size / max(time.perf_counter() - start, 1e-9),
                 "lr": self.optimizer.param_groups[-1]["lr"],
             })
-        stats = torch.tensor([float(seen), float(correct), *[sums[k] for k in sorted(sums)]], dtype=torch.float64)
-        dist_utils.all_reduce_sum(stats, self.dist)
-        seen_all = max(stats[0].item(), 1.0)
-        result = {f"train_{k}": stats[i + 2].item() / seen_all for i, k in enumerate(sorted(sums))}
-        result["train_acc"] = stats[1].item() / seen_all
-        result["images_per_s"] = stats[0].item() / max(time.perf_counter() - start, 1e-9)
+        means = self._read_back(tally, epoch, all_ranks=True)
+        result = {f"train_{k}": means[k] for k in ("loss", *tally.names)}
+        result["train_acc"] = means["acc"]
+        result["images_per_s"] = means["seen"] / max(time.perf_counter() - start, 1e-9)
         return result
+
+    def _read_back(self, tally: "_EpochTally", epoch: int, all_ranks: bool = False) -> dict[str, float]:
+        """The epoch's running means (over every rank's images with ``all_ranks``) in one read-back; stops with
+        the divergence message if a loss on this rank has been non-finite since the last one."""
+        stats = tally.stats()
+        summed = dist_utils.all_reduce_sum(stats.clone(), self.dist) if all_ranks else stats
+        values = torch.cat([stats, summed]).tolist()
+        local, (seen, correct, _, *rest) = values[:len(stats)], values[len(stats):]
+        sums = rest[:len(tally.names) + 1]
+        diverged_at, first_bad = local[2], local[3 + len(tally.names) + 1:]
+        if diverged_at:
+            loss, *terms = first_bad
+            named = ", ".join(f"{name}={value:.4g}" for name, value in zip(tally.names, terms))
+            raise FgcliError(
+                f"training diverged at epoch {epoch + 1}, step {int(diverged_at)} with --amp {self.precision}: "
+                f"loss is {loss} ({named})",
+                hint=f"{DIVERGENCE_HINTS[self.precision]}; resume from last.pt with the change",
+            )
+        seen_all = max(seen, 1.0)
+        return {"seen": seen, "acc": correct / seen_all,
+                **{name: value / seen_all for name, value in zip(("loss", *tally.names), sums)}}
 
     @torch.no_grad()
     def validate(self) -> ClassificationMetrics:
@@ -323,10 +394,11 @@ class Trainer:
             self._check_bad(bad)
             if len(labels) == 0:
                 continue
+            images = self.normalize(images)
             if self.preview_images is None:
-                self.preview_images = images[:PREVIEW_IMAGES].to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                logits = self.model(images.to(self.device))
+                self.preview_images = images[:PREVIEW_IMAGES]
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                logits = self.model(images)
             metrics.update(logits.float().cpu().numpy(), labels.numpy())
             self.hook("eval_step", {})
         return metrics
@@ -410,6 +482,38 @@ def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
     with run_lock(cfg.out, note):
         check_run_folder(cfg.out, cfg.resume, cfg.overwrite)
         return Trainer(cfg, hook).fit()
+
+
+class _EpochTally:
+    """An epoch's images, correct predictions and summed loss terms, and the first step whose loss was not
+    finite with its terms, all kept on the device: adding a step never waits for the GPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.names: tuple[str, ...] = ()
+        self.seen = 0  # images: known on the host
+        self.counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, first bad step (0: none)
+        self.sums = self.first_bad = torch.zeros(0, dtype=torch.float64, device=device)
+
+    def add(self, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor], logits: torch.Tensor,
+            labels: torch.Tensor) -> None:
+        values = torch.stack([total.detach().double(), *(value.detach().double() for value in terms.values())])
+        if not self.names:
+            self.names = tuple(terms)
+            self.sums = torch.zeros_like(values)
+            self.first_bad = torch.zeros_like(values)
+        n = len(labels)
+        self.seen += n
+        self.sums += values * n
+        newly_bad = ~torch.isfinite(values[0]) & (self.counts[1] == 0)
+        self.first_bad = torch.where(newly_bad, values, self.first_bad)
+        correct = (logits.detach().argmax(1) == labels).sum()
+        self.counts += torch.stack([correct.double(), newly_bad.double() * step])
+
+    def stats(self) -> torch.Tensor:
+        """``[images, correct, first bad step, *sums, *first bad values]`` in one tensor (one read-back)."""
+        seen = torch.tensor([float(self.seen)], dtype=torch.float64).to(self.device)
+        return torch.cat([seen, self.counts, self.sums, self.first_bad])
 
 
 @contextmanager
