@@ -83,7 +83,11 @@ class CrossLayerContextAttention(nn.Module):
         return F.max_pool2d(x, kernel_size=2, ceil_mode=True) if self.subsample else x
 
     def attention(self, mid: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-        """``(B, HsWs, HsWs)`` (keys ``ceil(Hs/2) ceil(Ws/2)`` when subsampled), each row a distribution."""
+        """``(B, HsWs, HsWs)`` (keys ``ceil(Hs/2) ceil(Ws/2)`` when subsampled), each row a distribution.
+
+        Precision: see ``query_key_attention`` (peak-normalised theta / phi in the autocast dtype, scale and peaks
+        folded back into the max-shifted energy, float32 softmax): theta^T phi overflows float16 before the
+        1/sqrt(d) scaling (a NaN from epoch 2 under CUDA fp16 autocast at 448 px, issue 22)."""
         fused = self.fused(mid, top)
         return query_key_attention(self.theta(fused), self.subsampled(self.phi(fused)), self.scale)
 
