@@ -8,8 +8,8 @@ into float16. So the helpers here never form a large product at all:
 * operands are divided by their detached per-sample peak |x| first (entries in [-1, 1]), the product is formed
   (bounded by the summed length), and the peaks are folded back afterwards;
 * a softmax's logits are shifted by their (detached) row maximum *before* the large scale is folded back, so
-  they are <= 0: an overflow can only give -inf (weight 0), never inf - inf (NaN). The fold-back and the softmax
-  run in float32 in PyTorch (``.float()``, a no-op in an FP32 trace).
+  they are <= 0: an overflow can only give -inf (weight 0, clamped to a finite floor), never inf - inf (NaN).
+  The fold-back and the softmax run in float32 in PyTorch (``.float()``, a no-op in an FP32 trace).
 
 Both steps are exact in real arithmetic (the peaks cancel; a softmax ignores an additive constant per row), so
 in FP32 the results equal the plain formulas within rounding; the detached peaks and maxima carry no gradient
@@ -24,6 +24,9 @@ import torch
 
 #: float16's smallest normal number: the floor of a peak, so an all-zero sample divides by a representable value
 PEAK_FLOOR = 2.0**-14
+#: the floor of a max-shifted softmax logit: exp of it is 0 in float32 already (below -104), so clamping there
+#: changes no weight and no gradient, and turns float16's -inf into a finite number
+LOGIT_FLOOR = -1.0e4
 
 
 def sample_peak(x: torch.Tensor) -> torch.Tensor:
@@ -35,12 +38,13 @@ def scaled_softmax(energy: torch.Tensor, scales: Sequence[torch.Tensor | float],
     """``softmax(energy * prod(scales))`` along ``dim``, in float32 under autocast.
 
     ``energy`` must be of moderate size (a product of peak-normalised operands); the positive ``scales`` may be
-    large. They are applied one at a time to the max-shifted energy, so every intermediate is <= 0 or -inf.
+    large. They are applied one at a time to the max-shifted energy, so every intermediate is <= 0 (-inf where
+    float16 overflows), then clamped at LOGIT_FLOOR.
     """
     logits = (energy - energy.detach().amax(dim=dim, keepdim=True)).float()
     for scale in scales:
         logits = logits * scale
-    return logits.softmax(dim=dim)
+    return logits.clamp_min(LOGIT_FLOOR).softmax(dim=dim)
 
 
 def query_key_softmax(query: torch.Tensor, key: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
