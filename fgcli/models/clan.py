@@ -34,6 +34,10 @@ shared/methods/clan.md); [fig] marks what they show, [inf] what they leave open 
   computed as a stable log-sum-exp of the heads' log-softmaxes). That is a valid logit vector: its arg-max is the
   mean-softmax prediction and its softmax gives back the mean probabilities exactly.
 
+Precision (issue 22): CLCA's theta^T phi is formed from peak-normalised operands with the peaks and 1/sqrt(d)
+folded back into max-shifted logits, softmax in float32 under autocast (ssanet.query_key_attention); the
+combination is a log-sum-exp of log-softmaxes, finite in any precision.
+
 Training-only: nothing. Every head feeds the test-time combination, so the whole graph is exported.
 """
 

@@ -23,6 +23,9 @@ Choices [inf]:
   ``sum_b max_k logits``. ``max_logit_quirk=True`` reproduces that as an extra loss term ``max_logit_quirk`` (same
   gradient; it is negative whenever the top logits are). Off by default.
 * ``MaxPool2d(14)`` (448 px only) becomes a global max over the map, so any input size divisible by 32 works.
+* Precision (issue 22): s is a float32 softmax and the KL is computed from float32 log-softmax logits (same value
+  as the code's ``kl_div``): under float16 autocast most of a 2048-way s rounded to 0, where the KL's gradient is
+  infinite (NaN gradients in ``attention.squeeze`` / ``attention.excite``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,11 @@ with the classification losses of the two modules summed. Everything else is rec
   inter-class and intra-class features"); ``test_heads="ssa"`` keeps only the SSA head and drops the primary head
   from the eval graph.
 
+Precision (issue 22): Q^T K and SAD's squares are formed from operands divided by their per-sample peak, the
+peaks folded back into max-shifted logits, and both softmaxes run in float32 under autocast
+(fgcli.models.numerics); in FP32 that is the same arithmetic up to rounding. Layer4 maps reach a few hundred when
+trained, so the plain formulas overflowed float16 (NaN from epoch 2 under CUDA fp16 autocast at 448 px).
+
 Training-only: the Self-AD maps and loss (and the primary head when ``test_heads="ssa"``).
 """
 
