@@ -35,7 +35,8 @@ def test_channel_weights_are_a_distribution_and_the_mask_lies_in_unit_interval(s
     torch.manual_seed(0)
     module = ChannelSpatialAttention(64, reduction=16)
     x = torch.relu(torch.randn(2, 64, size // 32, size // 32))
-    attended, weights, mask = module(x)
+    attended, logits, mask = module(x)
+    weights = logits.softmax(dim=1)
     assert weights.shape == (2, 64)
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(2))
     assert mask.shape == (2, 1, size // 32, size // 32)
@@ -67,12 +68,14 @@ def test_clean_loss_leaves_grad_untouched():
 
 def test_kl_is_nonnegative_and_zero_when_s_equals_alpha():
     g = torch.Generator().manual_seed(2)
-    s = F.softmax(torch.randn(3, 32, generator=g), dim=1)
+    logits = torch.randn(3, 32, generator=g)
+    s = F.softmax(logits, dim=1)
     log_alpha = F.log_softmax(torch.randn(3, 32, generator=g), dim=1)
-    assert gradcam_kl(s, log_alpha).item() > 0
+    assert gradcam_kl(logits, log_alpha).item() > 0
     expected = (s * (s.log() - log_alpha)).sum()
-    torch.testing.assert_close(gradcam_kl(s, log_alpha), expected)
-    assert gradcam_kl(s, s.log()).item() == pytest.approx(0.0, abs=1e-6)
+    torch.testing.assert_close(gradcam_kl(logits, log_alpha), expected)
+    torch.testing.assert_close(gradcam_kl(logits, log_alpha), F.kl_div(log_alpha, s, reduction="sum"))
+    assert gradcam_kl(logits, s.log()).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_kl_trains_the_channel_weights_and_alpha_is_a_fixed_target():
@@ -80,7 +83,7 @@ def test_kl_trains_the_channel_weights_and_alpha_is_a_fixed_target():
     out = model(_images())
     log_alpha = gradcam_log_channel_weights(_predicted_score(out), out["attended"])
     assert not log_alpha.requires_grad
-    gradcam_kl(out["channel_weights"], log_alpha).backward()
+    gradcam_kl(out["channel_logits"], log_alpha).backward()
     assert model.attention.excite.weight.grad.abs().sum() > 0
     assert model.attention.squeeze.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.classifier.parameters())
@@ -96,7 +99,7 @@ def test_quirk_reproduces_the_reference_training_step_gradients():
     reference.zero_grad()
     out["logits"].max(dim=1, keepdim=True).values.backward(torch.ones(2, 1), retain_graph=True)
     alpha = F.softmax(captured[-1].mean(dim=(2, 3)), dim=1)
-    kl = F.kl_div(alpha.log(), out["channel_weights"], reduction="sum")
+    kl = F.kl_div(alpha.log(), out["channel_logits"].softmax(dim=1), reduction="sum")
     (F.cross_entropy(out["logits"], TARGETS) + kl).backward()
 
     quirky = _model(max_logit_quirk=True).train()

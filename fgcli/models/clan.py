@@ -34,6 +34,10 @@ shared/methods/clan.md); [fig] marks what they show, [inf] what they leave open 
   computed as a stable log-sum-exp of the heads' log-softmaxes). That is a valid logit vector: its arg-max is the
   mean-softmax prediction and its softmax gives back the mean probabilities exactly.
 
+Precision (issue 22): CLCA's theta^T phi is formed from peak-normalised operands with the peaks and 1/sqrt(d)
+folded back into max-shifted logits, softmax in float32 under autocast (ssanet.query_key_attention); the
+combination is a log-sum-exp of log-softmaxes, finite in any precision.
+
 Training-only: nothing. Every head feeds the test-time combination, so the whole graph is exported.
 """
 
@@ -83,7 +87,11 @@ class CrossLayerContextAttention(nn.Module):
         return F.max_pool2d(x, kernel_size=2, ceil_mode=True) if self.subsample else x
 
     def attention(self, mid: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-        """``(B, HsWs, HsWs)`` (keys ``ceil(Hs/2) ceil(Ws/2)`` when subsampled), each row a distribution."""
+        """``(B, HsWs, HsWs)`` (keys ``ceil(Hs/2) ceil(Ws/2)`` when subsampled), each row a distribution.
+
+        Precision: see ``query_key_attention`` (peak-normalised theta / phi in the autocast dtype, scale and peaks
+        folded back into the max-shifted energy, float32 softmax): theta^T phi overflows float16 before the
+        1/sqrt(d) scaling (a NaN from epoch 2 under CUDA fp16 autocast at 448 px, issue 22)."""
         fused = self.fused(mid, top)
         return query_key_attention(self.theta(fused), self.subsampled(self.phi(fused)), self.scale)
 

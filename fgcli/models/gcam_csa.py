@@ -23,6 +23,9 @@ Choices [inf]:
   ``sum_b max_k logits``. ``max_logit_quirk=True`` reproduces that as an extra loss term ``max_logit_quirk`` (same
   gradient; it is negative whenever the top logits are). Off by default.
 * ``MaxPool2d(14)`` (448 px only) becomes a global max over the map, so any input size divisible by 32 works.
+* Precision (issue 22): s is a float32 softmax and the KL is computed from float32 log-softmax logits (same value
+  as the code's ``kl_div``): under float16 autocast most of a 2048-way s rounded to 0, where the KL's gradient is
+  infinite (NaN gradients in ``attention.squeeze`` / ``attention.excite``).
 """
 
 from __future__ import annotations
@@ -63,22 +66,28 @@ class ChannelSpatialAttention(nn.Module):
         self.squeeze = nn.Conv2d(channels, channels // reduction, kernel_size=1)
         self.excite = nn.Conv2d(channels // reduction, channels, kernel_size=1)
 
-    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """s: ``(B, C, 1, 1)``, a distribution over channels."""
-        return F.softmax(self.excite(F.relu(self.squeeze(x.mean(dim=(2, 3), keepdim=True)))), dim=1)
+    def channel_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``W2 relu(W1 GAP(X))``: ``(B, C, 1, 1)``, the logits of the channel distribution s."""
+        return self.excite(F.relu(self.squeeze(x.mean(dim=(2, 3), keepdim=True))))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(Y, s as (B, C), m as (B, 1, h, w))."""
-        weights = self.channel_weights(x)
+        """(Y, the channel logits ``(B, C)``, m as ``(B, 1, h, w)``).
+
+        Precision: s is a float32 softmax (under autocast too); the weighted channel sum runs in X's dtype, where
+        it stays below max |X| because s sums to 1. The loss reads the logits, not s: float16 rounds most of a
+        2048-way s to 0, and the KL's gradient at s = 0 is infinite.
+        """
+        logits = self.channel_logits(x)
+        weights = F.softmax(logits.float(), dim=1).to(x.dtype)
         mask = torch.sigmoid((x * weights).sum(dim=1, keepdim=True))
-        return x * mask, weights.flatten(1), mask
+        return x * mask, logits.flatten(1), mask
 
 
 def gradcam_log_channel_weights(score: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """log α, ``(B, C)``: log-softmax over channels of the spatially averaged ∂score/∂features.
 
     Uses ``autograd.grad`` with ``retain_graph=True``, so the graph stays usable for the loss and no ``.grad`` is
-    written; the result carries no graph (α is a fixed target, as in the reference's ``.data``).
+    written; the result carries no graph (α is a fixed target, as in the reference's ``.data``). Float32.
     """
     if not score.requires_grad:
         raise FgcliError(
@@ -86,12 +95,17 @@ def gradcam_log_channel_weights(score: torch.Tensor, features: torch.Tensor) -> 
             hint="compute it on forward_train outputs with gradients enabled (not under torch.no_grad)",
         )
     (grad,) = torch.autograd.grad(score, features, retain_graph=True)
-    return F.log_softmax(grad.mean(dim=(2, 3)), dim=1)
+    return F.log_softmax(grad.float().mean(dim=(2, 3)), dim=1)
 
 
-def gradcam_kl(channel_weights: torch.Tensor, log_gradcam_weights: torch.Tensor) -> torch.Tensor:
-    """KL(s ‖ α) summed over batch and channels; the gradient flows into s only."""
-    return F.kl_div(log_gradcam_weights, channel_weights, reduction="sum")
+def gradcam_kl(channel_logits: torch.Tensor, log_gradcam_weights: torch.Tensor) -> torch.Tensor:
+    """KL(s ‖ α) summed over batch and channels, s = softmax(channel_logits); the gradient flows into s only.
+
+    Computed from log s (a float32 log-softmax), so a channel whose s underflows to 0 adds 0 with a finite
+    gradient: the same value as ``F.kl_div(log α, s, reduction="sum")``.
+    """
+    log_weights = F.log_softmax(channel_logits.float(), dim=1)
+    return F.kl_div(log_gradcam_weights, log_weights, reduction="sum", log_target=True)
 
 
 class GCAMCSA(FGVCModel):
@@ -115,9 +129,9 @@ class GCAMCSA(FGVCModel):
         self.classifier = bn_elu_head(channels, hidden, num_classes)
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        attended, channel_weights, _ = self.attention(self.backbone(x)["layer4"])
+        attended, channel_logits, _ = self.attention(self.backbone(x)["layer4"])
         logits = self.classifier(attended.amax(dim=(2, 3)))
-        return {"logits": logits, "attended": attended, "channel_weights": channel_weights}
+        return {"logits": logits, "attended": attended, "channel_logits": channel_logits}
 
     def forward_eval(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_train(x)["logits"]
@@ -128,7 +142,7 @@ class GCAMCSA(FGVCModel):
         log_alpha = gradcam_log_channel_weights(predicted_score, outputs["attended"])
         terms = OrderedDict(
             ce=F.cross_entropy(logits, targets),
-            gradcam_kl=self.kl_weight * gradcam_kl(outputs["channel_weights"], log_alpha),
+            gradcam_kl=self.kl_weight * gradcam_kl(outputs["channel_logits"], log_alpha),
         )
         if self.max_logit_quirk:
             terms["max_logit_quirk"] = predicted_score

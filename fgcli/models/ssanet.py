@@ -26,6 +26,11 @@ with the classification losses of the two modules summed. Everything else is rec
   inter-class and intra-class features"); ``test_heads="ssa"`` keeps only the SSA head and drops the primary head
   from the eval graph.
 
+Precision (issue 22): Q^T K and SAD's squares are formed from operands divided by their per-sample peak, the
+peaks folded back into max-shifted logits, and both softmaxes run in float32 under autocast
+(fgcli.models.numerics); in FP32 that is the same arithmetic up to rounding. Layer4 maps reach a few hundred when
+trained, so the plain formulas overflowed float16 (NaN from epoch 2 under CUDA fp16 autocast at 448 px).
+
 Training-only: the Self-AD maps and loss (and the primary head when ``test_heads="ssa"``).
 """
 
@@ -40,6 +45,7 @@ from torch import nn
 from fgcli.errors import FgcliError
 from fgcli.models.backbones import STAGES, build_backbone
 from fgcli.models.base import FGVCModel
+from fgcli.models.numerics import query_key_softmax, scaled_softmax, squared_channel_mean
 from fgcli.models.registry import register_model
 
 TEST_HEADS = ("mean", "ssa")
@@ -51,9 +57,11 @@ def query_key_attention(query: torch.Tensor, key: torch.Tensor, scale: float = 1
     """``softmax_over_keys(scale * Q^T K)`` for maps ``(B, d, Hq, Wq)`` and ``(B, d, Hk, Wk)`` -> ``(B, HqWq, HkWk)``.
 
     Plain bmm + softmax with static spatial sizes, so it exports to ONNX / TensorRT with a dynamic batch.
+    Precision (fgcli.models.numerics): the bmm runs in the autocast dtype on Q and K divided by their per-sample
+    peaks, the peaks and ``scale`` are folded back into the max-shifted energy, and the softmax runs in float32:
+    Q^T K itself (entries of a few hundred over 64-512 channels) overflows float16, also in the FP16 ONNX.
     """
-    energy = torch.bmm(query.flatten(2).transpose(1, 2), key.flatten(2))
-    return (energy * scale).softmax(dim=-1)
+    return query_key_softmax(query.flatten(2), key.flatten(2), scale)
 
 
 def attend(values: torch.Tensor, attention: torch.Tensor, query_map: torch.Tensor) -> torch.Tensor:
@@ -68,11 +76,17 @@ def attention_received(attention: torch.Tensor, key_map: torch.Tensor) -> torch.
 
 
 def distillation_attention(features: torch.Tensor, size: torch.Size | None = None) -> torch.Tensor:
-    """SAD's attention map ``(B, H*W)``: channel-mean squared activation, resized to ``size``, softmax over positions."""
-    energy = features.pow(2).mean(dim=1, keepdim=True)
+    """SAD's attention map ``(B, H*W)``: channel-mean squared activation, resized to ``size``, softmax over positions.
+
+    Precision: the square is taken of the features divided by their per-sample peak (271 squared overflows
+    float16, also in the FP16 ONNX); the peak is folded back into the max-shifted energy, and the softmax runs in
+    float32. Bilinear resizing is linear, so resizing the normalised energy is the same.
+    """
+    energy, peak = squared_channel_mean(features)
     if size is not None and tuple(energy.shape[-2:]) != tuple(size):
         energy = F.interpolate(energy, size=tuple(size), mode="bilinear", align_corners=False)
-    return energy.flatten(1).softmax(dim=1)
+    peak = peak.flatten(1)
+    return scaled_softmax(energy.flatten(1), (peak, peak), dim=1)
 
 
 class SpatialSelfAttention(nn.Module):

@@ -8,7 +8,8 @@ Follows the official MXNet code (github researchmm/tasn, ``tasn-mxnet/example/ta
   classifier BN -> ReLU -> GAP -> FC is trained with CE (training-only).
 * Trilinear attention on that head's output X (B, c, hw): ``M = softmax_rows(softmax_hw(7 X) X^T) X``, detached
   (the code's BlockGrad): the sampler sends no gradient into the attention net.
-* Structure map: ``(upsample(sum_c M_c))**2``; detail map: ``upsample(M_k)`` with one random channel k per image
+* Structure map: ``(upsample(sum_c M_c))**2`` (computed scaled to at most 1 per image: the sampler is
+  scale-invariant, and float16 is not); detail map: ``upsample(M_k)`` with one random channel k per image
   in training (``sum_c M_c``, not squared, at test time). Upsampling is bilinear with aligned corners (MXNet's
   BilinearResize2D).
 * Sampler: fgcli.models.tasn_sampler (dense 4, 5 rounds), the structure- and detail-sampled images go through the
@@ -62,6 +63,7 @@ from torch import nn
 from fgcli.errors import FgcliError
 from fgcli.models.backbones import RESNETS, ResNetBackbone, TimmBackbone, build_backbone
 from fgcli.models.base import FGVCModel
+from fgcli.models.numerics import sample_peak
 from fgcli.models.registry import register_model
 from fgcli.models.tasn_sampler import attention_sample
 
@@ -231,7 +233,10 @@ class TASN(FGVCModel):
         return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
 
     def _structure_attention(self, maps: torch.Tensor, size: int) -> torch.Tensor:
-        return self._upsample(maps.sum(dim=1), size).square()
+        """``(upsample(sum_c M_c))**2`` up to a positive factor per image: the sampler normalises its marginals, so
+        only relative values matter. Precision: M is divided by its per-image peak before the channel sum (taken
+        as a mean) and the square, which overflow float16 in the FP16 ONNX (the eval graph computes this)."""
+        return self._upsample((maps / sample_peak(maps)).mean(dim=1), size).square()
 
     def _detail_attention(self, maps: torch.Tensor, size: int, random_channel: bool) -> torch.Tensor:
         if random_channel:

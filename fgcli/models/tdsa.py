@@ -72,10 +72,11 @@ def mc_discriminality(features: torch.Tensor, targets: torch.Tensor, per_class: 
 def mc_diversity(features: torch.Tensor, per_class: int) -> torch.Tensor:
     """MC-Loss L_div = 1 - mean(D) / ξ, D = spatial sum of the class-wise max of per-channel spatial softmaxes.
 
-    D lies in [1, ξ]: 1 when a class's channels coincide, ξ when their spatial peaks are disjoint.
+    D lies in [1, ξ]: 1 when a class's channels coincide, ξ when their spatial peaks are disjoint. The spatial
+    softmax runs in float32 under autocast (a float16 one rounds small weights to 0 and D's sum is coarser).
     """
     b, c, h, w = features.shape
-    spatial = F.softmax(features.reshape(b, c, h * w), dim=2).view(b, c, h, w)
+    spatial = F.softmax(features.reshape(b, c, h * w).float(), dim=2).view(b, c, h, w)
     coverage = class_group_max(spatial, per_class).sum(dim=(2, 3))
     return 1.0 - coverage.mean() / per_class
 
