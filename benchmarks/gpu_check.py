@@ -21,19 +21,19 @@ time limit still returns what it did; a step that would not fit in what is left 
    loop over the same model and precision on a batch already on the device (target >= 0.9), and the host
    synchronisations the Trainer's epoch made (``torch.cuda.set_sync_debug_mode``).
 3. ``train-fp16/<method>``: every method again with ``--amp fp16`` (GradScaler), the precision that diverged.
-4. ``eval``: baseline inference images/s in FP32 / FP16 / BF16, eager, at batch 1, 32 and 128.
-5. ``graphs``: BF16 at batch 1, eager against ``torch.compile`` and against one CUDA graph replay.
-6. ``qat``: two QAT epochs (``fgcli train --qat``: modelopt fake INT8) of GCAM-CSA against two plain epochs from
-   the same weights; the second epochs are compared, the first QAT epoch (which builds modelopt's CUDA
-   extension once per machine) is reported beside them.
-7. ``ddp``: the baseline for one epoch through ``torchrun --nproc_per_node=<GPUs present>`` with NCCL (gloo on
-   CPU), i.e. ``fgcli train`` as users launch it.
-8. ``report``: ``fgcli report RUN --device cuda`` on the trained baseline: torch FP32 / FP16 / BF16 (eager, and
+4. ``report``: ``fgcli report RUN --device cuda`` on the trained baseline: torch FP32 / FP16 / BF16 (eager, and
    BF16 compiled, as a CUDA graph, and both), ONNX FP32 and ORT INT8 (on the CPU when onnxruntime has no CUDA
    provider), TensorRT when present; per variant where it ran, p50 at batch 1, images/s at the largest batch and
    the fraction of the GPU's BF16 rate, and whether FP16 / BF16 are at least as fast as FP32 (issue 23).
-9. ``bench``: ``fgcli bench RUN/best.pt --device cuda``: images/s against batch size 1..256 for the torch
+5. ``graphs``: BF16 at batch 1, eager against ``torch.compile`` and against one CUDA graph replay.
+6. ``bench``: ``fgcli bench RUN/best.pt --device cuda``: images/s against batch size 1..256 for the torch
    variants, the knee, the best batch and its fraction of the limit (FLOPs from the report's model.onnx).
+7. ``eval``: baseline inference images/s in FP32 / FP16 / BF16, eager, at batch 1, 32 and 128.
+8. ``qat``: two QAT epochs (``fgcli train --qat``: modelopt fake INT8) of GCAM-CSA against two plain epochs from
+   the same weights; the second epochs are compared, the first QAT epoch (which builds modelopt's CUDA
+   extension once per machine) is reported beside them.
+9. ``ddp``: the baseline for one epoch through ``torchrun --nproc_per_node=<GPUs present>`` with NCCL (gloo on
+   CPU), i.e. ``fgcli train`` as users launch it.
 """
 
 from __future__ import annotations
@@ -396,9 +396,10 @@ def plan_steps(out: Path) -> list[Step]:
     steps.append(Step("pipeline", "pipeline", step_pipeline, 30))
     steps += [Step(f"train-fp16/{m}", "train-fp16", partial(_in_folder, step_train, out / "fp16" / m, method=m,
                                                              amp="fp16"), 30) for m in methods]
-    steps += [Step("eval", "eval", step_eval, 20), Step("graphs", "graphs", step_graphs, 75),
-              Step("qat", "qat", step_qat, 90), Step("ddp", "ddp", step_ddp, 30), Step("report", "report", step_report, 60),
-              Step("bench", "bench", step_bench, 60)]
+    # issue 23's report (half precision against FP32, INT8 rows under --device cuda) before the extras
+    steps += [Step("report", "report", step_report, 150), Step("graphs", "graphs", step_graphs, 75),
+              Step("bench", "bench", step_bench, 60), Step("eval", "eval", step_eval, 20),
+              Step("qat", "qat", step_qat, 90), Step("ddp", "ddp", step_ddp, 30)]
     return steps
 
 

@@ -31,13 +31,13 @@ def test_dry_run_lists_the_plan_and_parses_both_fgcli_command_lines(tmp_path, ca
     assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     plan_line, checked = printed.split("\n", 1)
-    assert plan_line.startswith("plan: train, pipeline, train-fp16, eval, graphs, qat, ddp, report, bench {")
+    assert plan_line.startswith("plan: train, pipeline, train-fp16, report, graphs, bench, eval, qat, ddp {")
     assert json.loads(plan_line[plan_line.index("{"):])["img_size"] == 448
     checked = json.loads(checked)
     assert checked["methods"] == gpu_check.list_models() and len(checked["methods"]) == 6
     methods = checked["methods"]
     assert checked["steps"] == [*(f"train/{m}" for m in methods), "pipeline", *(f"train-fp16/{m}" for m in methods),
-                                "eval", "graphs", "qat", "ddp", "report", "bench"]
+                                "report", "graphs", "bench", "eval", "qat", "ddp"]
     assert checked["commands"]["report"].startswith(f"fgcli report {tmp_path / 'baseline' / 'best.pt'}")
     assert "--device cuda" in checked["commands"]["ddp"] and set(checked["backends"]) == {"tensorrt", "onnxruntime-gpu"}
     assert checked["commands"]["bench"].startswith(f"fgcli bench {tmp_path / 'baseline' / 'best.pt'} --device cuda")
