@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from typer.exceptions import TyperException
 
-from fgcli.console import make_console
+from fgcli.console import make_console, styled
 from fgcli.errors import INTERRUPTED_EXIT_CODE, FgcliError, Interrupted
 
 app = typer.Typer(
@@ -54,18 +54,18 @@ def main() -> None:
         code = app(standalone_mode=False)
     except FgcliError as exc:
         label = "[yellow]interrupted:[/]" if isinstance(exc, Interrupted) else "[bold red]error:[/]"
-        err_console.print(f"{label} {escape(exc.message)}", highlight=False)
+        err_console.print(styled(label + " {}", exc.message), highlight=False)
         if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
+            err_console.print(styled("[yellow]hint:[/] {}", exc.hint), highlight=False)
         sys.exit(exc.exit_code)
     except ImportError as exc:
         missing = exc.name or ""
         extra = _EXTRA_OF_PACKAGE.get(missing.split(".")[0])
         if extra is None:
             raise
-        err_console.print(f"[bold red]error:[/] this command needs the Python package '{missing}', which is not "
-                          "installed", highlight=False)
-        err_console.print(f"[yellow]hint:[/] {escape(f'pip install fgcli[{extra}]')}", highlight=False)
+        err_console.print(styled("[bold red]error:[/] this command needs the Python package '{}', which is not "
+                                 "installed", missing), highlight=False)
+        err_console.print(styled("[yellow]hint:[/] {}", f"pip install fgcli[{extra}]"), highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:  # outside a command: typer turns a Ctrl-C inside one into the code 130
         code = INTERRUPTED_EXIT_CODE
@@ -77,7 +77,7 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     if code == INTERRUPTED_EXIT_CODE:
-        err_console.print("[yellow]interrupted[/] (Ctrl-C)", highlight=False)
+        err_console.print(styled("[yellow]interrupted[/] (Ctrl-C)"), highlight=False)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -85,8 +85,8 @@ def _progress() -> Progress:
     """A progress display on stderr. Not on a terminal, rich draws it once, when it stops: one line per
     stage, never a redraw per step in a log."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
         console=err_console, transient=False,
     )
 
@@ -107,8 +107,8 @@ def _status(description: str) -> Iterator[Callable[[str], None]]:
         err_console.print(description, markup=False, highlight=False)
         yield lambda message: err_console.print(message, markup=False, highlight=False)
         return
-    with err_console.status(description) as status:
-        yield status.update
+    with err_console.status(Text(description)) as status:  # a spinner reads a str as markup
+        yield lambda message: status.update(Text(message))
 
 
 # --------------------------------------------------------------------------- data
@@ -126,8 +126,8 @@ def data_synth(
     with _task("generating", classes * per_class) as advance:
         summary = generate_synthetic(out, num_classes=classes, per_class=per_class, seed=seed,
                                      test_fraction=test_fraction, progress=advance)
-    console.print(f"wrote {summary.num_images} images of {summary.num_classes} classes to [bold]{out}[/] "
-                  f"({summary.num_train} train / {summary.num_test} test)")
+    console.print(styled("wrote {} images of {} classes to [bold]{}[/] ({} train / {} test)", summary.num_images,
+                         summary.num_classes, out, summary.num_train, summary.num_test))
 
 
 @data_app.command("check")
@@ -165,7 +165,7 @@ def _print_check_report(report) -> None:
     for level, items, style in (("error", report.errors, "red"), ("warning", report.warnings, "yellow"),
                                 ("info", report.infos, "cyan")):
         for item in items:
-            console.print(f"[{style}]{level}:[/] {escape(item)}", highlight=False, soft_wrap=True)
+            console.print(styled(f"[{style}]{level}:[/] {{}}", item), highlight=False)
     console.print(f"{len(report.errors)} errors, {len(report.warnings)} warnings")
 
 
@@ -240,8 +240,8 @@ def run_training(cfg):
     if is_main:
         console.print(describe_layout(cfg.data, cfg.layout), highlight=False)
     if is_main and not cfg.pretrained and not cfg.weights:
-        err_console.print("[yellow]note:[/] training from scratch; FGVC methods expect ImageNet weights "
-                          "(--pretrained, or --weights FILE offline)")
+        err_console.print(styled("[yellow]note:[/] training from scratch; FGVC methods expect ImageNet weights "
+                                 "(--pretrained, or --weights FILE offline)"))
     hook = _TrainDisplay() if is_main else None
     try:
         result = train_loop(cfg, hook)
@@ -250,12 +250,12 @@ def run_training(cfg):
             hook.close()
     if is_main:
         if result.bad_images:
-            console.print(f"[yellow]skipped {len(result.bad_images)} unreadable images:[/]")
+            console.print(styled("[yellow]skipped {} unreadable images:[/]", len(result.bad_images)))
             for path in result.bad_images:
-                console.print(f"  {escape(path)}", highlight=False)
+                console.print(f"  {path}", highlight=False)
         if not result.interrupted:
-            console.print(f"best top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}: "
-                          f"[bold]{result.out_dir / 'best.pt'}[/]")
+            console.print(styled(f"best top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}: [bold]{{}}[/]",
+                                 result.out_dir / "best.pt"))
     if result.interrupted and not is_main:  # rank 0 says what was saved
         raise typer.Exit(INTERRUPTED_EXIT_CODE)
     if result.interrupted:
@@ -276,7 +276,7 @@ class _TrainDisplay:
 
     def __call__(self, event: str, payload: dict) -> None:
         if event == "note":
-            err_console.print(f"[yellow]note:[/] {escape(payload['message'])}", highlight=False)
+            err_console.print(styled("[yellow]note:[/] {}", payload["message"]), highlight=False)
         elif event == "epoch_start":
             self._reset(f"epoch {payload['epoch'] + 1}/{payload['epochs']}", payload["steps"])
         elif event == "step":
@@ -336,8 +336,8 @@ def evaluate(
         table.add_row(name, "-" if acc != acc else f"{acc:.3f}")
     console.print(table)
     for path, reason in result.bad_images.items():
-        console.print(f"[yellow]unreadable:[/] {escape(reason)}", highlight=False)
-    console.print(f"top-1 [bold]{result.top1:.4f}[/]  top-5 [bold]{result.top5:.4f}[/]")
+        console.print(styled("[yellow]unreadable:[/] {}", reason), highlight=False)
+    console.print(styled(f"top-1 [bold]{result.top1:.4f}[/]  top-5 [bold]{result.top5:.4f}[/]"))
 
 
 @app.command()
@@ -365,8 +365,8 @@ def predict(
     with open_runner(str(model), device=device) as runner:
         k = min(topk, len(runner.class_names))
         if k < topk:
-            err_console.print(f"[yellow]note:[/] --topk {topk} is more than the {k} classes of {escape(str(model))}: "
-                              f"each row lists all {k}", highlight=False)
+            err_console.print(styled(f"[yellow]note:[/] --topk {topk} is more than the {k} classes of {{}}: "
+                                     f"each row lists all {k}", model), highlight=False)
         try:
             with sigint_deferred() as interrupt, _task(f"predicting ({runner.name})", len(paths)) as advance:
                 for batch in iter_predictions(runner, paths, topk=k, batch_size=batch_size, progress=advance):
@@ -383,9 +383,10 @@ def predict(
     if json_out:
         print(predictions_json(predictions))
     else:
-        console.print(f"{len(predictions) - len(failed)} images classified, {len(failed)} unreadable: [bold]{out}[/]")
+        console.print(styled(f"{len(predictions) - len(failed)} images classified, {len(failed)} unreadable: "
+                             "[bold]{}[/]", out))
         for p in failed:
-            console.print(f"[yellow]unreadable:[/] {escape(p.error)}", highlight=False)
+            console.print(styled("[yellow]unreadable:[/] {}", p.error), highlight=False)
 
 
 def _parse_batch(text: str) -> tuple[int, int, int]:
@@ -475,7 +476,7 @@ def _print_export_summary(summary) -> None:
         if "auto_precision" in info:
             _print_precision_steps(key, info["auto_precision"])
     for note in summary.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        console.print(styled("[yellow]note:[/] {}", note), highlight=False)
 
 
 def _print_precision_steps(key: str, choice: dict) -> None:
@@ -486,7 +487,7 @@ def _print_precision_steps(key: str, choice: dict) -> None:
     if choice["min_speedup"] is not None:
         target += f", CPU speed-up >= {choice['min_speedup']}x"
     # a line of text, not the table's title: rich wraps a title to the table's width, and logs keep it whole
-    console.print(escape(f"{key}: nodes kept in float until {target}" + ("" if choice["met"] else " (not met)")),
+    console.print(f"{key}: nodes kept in float until {target}" + ("" if choice["met"] else " (not met)"),
                   highlight=False)
     table = Table()
     for column in ("float nodes", "added", "agreement", "top-1", "KL", "CPU ms (batch 1)", "vs FP32"):
@@ -525,8 +526,8 @@ def build(
                             workspace_gib=workspace, timing_cache=timing_cache, dla_core=dla_core,
                             calib_cache=calib_cache, calib_data=calib_data, verbose=verbose, backend=backend)
     library = "TensorRT-RTX" if info.sidecar["backend"] == "tensorrt-rtx" else "TensorRT"
-    console.print(f"{info.precision} engine ({info.build_path}, {library} {info.tensorrt_version}, "
-                  f"{info.build_seconds:.0f} s): [bold]{info.engine_path}[/] + {info.sidecar_path.name}")
+    console.print(styled("{} engine ({}, {} {}, {} s): [bold]{}[/] + {}", info.precision, info.build_path, library,
+                         info.tensorrt_version, f"{info.build_seconds:.0f}", info.engine_path, info.sidecar_path.name))
 
 
 @app.command()
@@ -550,8 +551,8 @@ def calib(
                                             progress=lambda done, total: progress.update(task, completed=done, total=total))
     path = calibration.save(out)
     for note in calibration.warnings:
-        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
-    console.print(f"{len(calibration)} images: [bold]{path}[/]")
+        console.print(styled("[yellow]warning:[/] {}", note), highlight=False)
+    console.print(styled(f"{len(calibration)} images: [bold]{{}}[/]", path))
 
 
 @app.command()
@@ -579,7 +580,7 @@ def sensitivity(
                                        progress=lambda name, total: progress.update(task, advance=1, total=total,
                                                                                     info=name))
     _print_sensitivity(result, top)
-    console.print(f"[bold]{files['json']}[/], [bold]{files['png']}[/]")
+    console.print(styled("[bold]{}[/], [bold]{}[/]", files["json"], files["png"]))
 
 
 def _print_sensitivity(result, top: int) -> None:
@@ -670,17 +671,18 @@ def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:
     from fgcli.report.render import rich_report_table
 
     require_matplotlib()  # fail now, not after minutes of measuring
-    hooks = ReportHooks(step=lambda message: console.print(f"[dim]{escape(message)}[/]", highlight=False),
+    hooks = ReportHooks(step=lambda message: console.print(styled("[dim]{}[/]", message), highlight=False),
                         task=_task, planned=_print_variant_plan)
     result = build_report(source, data, out_dir, hooks=hooks, **options)
     paths = write_report(result, out_dir)
     console.print(rich_report_table(result))
     skipped = [variant["name"] for variant in result["variants"] if not variant["available"]]
     if skipped:  # the reasons were in the plan above and are in report.md
-        console.print(f"[yellow]not run here:[/] {', '.join(skipped)} (reasons in report.md)", highlight=False)
+        console.print(styled("[yellow]not run here:[/] {} (reasons in report.md)", ", ".join(skipped)),
+                      highlight=False)
     drawn = f", {result['attention']['png']}" if result["attention"] else ""
-    console.print(f"reference {result['reference']}; wrote [bold]{paths['md']}[/], {paths['json'].name}, "
-                  f"{paths['png'].name}{drawn}")
+    console.print(styled("reference {}; wrote [bold]{}[/], {}, {}{}", result["reference"], paths["md"],
+                         paths["json"].name, paths["png"].name, drawn))
     return result
 
 
@@ -689,7 +691,7 @@ def _print_variant_plan(variants) -> None:
     for column in ("variant", "file", "runs here"):
         table.add_column(column)
     for v in variants:
-        table.add_row(v.name, v.path.name if v.path else "-", "yes" if v.available else f"no: {escape(v.reason)}")
+        table.add_row(v.name, v.path.name if v.path else "-", "yes" if v.available else f"no: {v.reason}")
     console.print(table)
 
 
@@ -701,8 +703,8 @@ def _compare_reports(paths: list[Path], out_dir: Path) -> None:
     written = write_comparison(comparison, out_dir)
     console.print(rich_comparison_table(comparison))
     for note in comparison["notes"]:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    console.print(f"wrote [bold]{written['md']}[/], {written['json'].name}, {written['png'].name}")
+        console.print(styled("[yellow]note:[/] {}", note), highlight=False)
+    console.print(styled("wrote [bold]{}[/], {}, {}", written["md"], written["json"].name, written["png"].name))
 
 
 @app.command()
@@ -722,17 +724,17 @@ def demo(
         ensure_synthetic(data, DEMO_CLASSES, DEMO_PER_CLASS, progress=advance)
     reports = []
     for name in methods:
-        console.rule(f"[bold]{name}")
+        console.rule(Text(name, style="bold"))
         cfg = demo_config(name, data, out, epochs=epochs, seed=seed)
         run_training(cfg)  # Ctrl-C raises Interrupted: it stops the demo, not only the epoch
         report_dir = Path(cfg.out) / "report"
         _report(Path(cfg.out) / "best.pt", data, report_dir, **DEMO_REPORT_OPTIONS)
         reports.append(report_dir / "report.json")
     if len(reports) > 1:
-        console.rule("[bold]all methods")
+        console.rule(Text("all methods", style="bold"))
         _compare_reports(reports, out)
-    console.print(f"outputs: dataset [bold]{data}[/], runs under [bold]{out / 'runs'}[/] (best.pt, metrics.jsonl, "
-                  "report/report.md, report.json, report.png, report/export/model*.onnx)")
+    console.print(styled("outputs: dataset [bold]{}[/], runs under [bold]{}[/] (best.pt, metrics.jsonl, "
+                         "report/report.md, report.json, report.png, report/export/model*.onnx)", data, out / "runs"))
 
 
 @app.command("cam")
@@ -761,13 +763,13 @@ def cam(
     with _task("drawing attention maps", len(paths)) as advance:
         result = write_cam_figures(checkpoint, paths, out_dir, top_k=top_k, device=device, progress=advance)
     if top_k > result.num_classes:
-        err_console.print(f"[yellow]note:[/] --top-k {top_k} is more than the {result.num_classes} classes of "
-                          f"{escape(str(checkpoint))}: each caption lists all {result.num_classes}", highlight=False)
+        err_console.print(styled(f"[yellow]note:[/] --top-k {top_k} is more than the {result.num_classes} classes "
+                                 f"of {{}}: each caption lists all {result.num_classes}", checkpoint), highlight=False)
     if result.grid:
-        console.print(f"{len(result.figures)} figures in [bold]{out_dir}[/] (one per image), "
-                      f"all images in [bold]{result.grid}[/]")
+        console.print(styled(f"{len(result.figures)} figures in [bold]{{}}[/] (one per image), all images in "
+                             "[bold]{}[/]", out_dir, result.grid))
     for reason in result.failed.values():
-        console.print(f"[yellow]unreadable:[/] {escape(reason)}", highlight=False)
+        console.print(styled("[yellow]unreadable:[/] {}", reason), highlight=False)
     if result.failed:
         raise typer.Exit(1)
 
