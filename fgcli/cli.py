@@ -20,7 +20,7 @@ from rich.text import Text
 from typer.exceptions import TyperException
 
 from fgcli.console import make_console, styled
-from fgcli.errors import INTERRUPTED_EXIT_CODE, FgcliError, Interrupted
+from fgcli.errors import INTERRUPTED_EXIT_CODE, TERMINATED_EXIT_CODE, FgcliError, Interrupted
 
 app = typer.Typer(
     help="Fine-grained visual classification: train, evaluate, export, quantize and deploy.",
@@ -256,13 +256,15 @@ def run_training(cfg):
         if not result.interrupted:
             console.print(styled(f"best top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}: [bold]{{}}[/]",
                                  result.out_dir / "best.pt"))
+    code = TERMINATED_EXIT_CODE if result.terminated else INTERRUPTED_EXIT_CODE
     if result.interrupted and not is_main:  # rank 0 says what was saved
-        raise typer.Exit(INTERRUPTED_EXIT_CODE)
+        raise typer.Exit(code)
     if result.interrupted:
         last = result.out_dir / "last.pt"
-        raise Interrupted(f"weights so far in {result.out_dir / 'interrupted.pt'}",
+        raise Interrupted(("SIGTERM: " if result.terminated else "") +
+                          f"weights so far in {result.out_dir / 'interrupted.pt'}",
                           hint=f"--resume continues from {last}" if last.is_file()
-                          else "no epoch finished: train again to start over")
+                          else "no epoch finished: the same command starts a new run there", exit_code=code)
     return result
 
 

@@ -23,17 +23,29 @@ from fgcli.utils import process_runs
 
 #: the files that make a folder a run (written by the training loop)
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "interrupted.pt")
+#: the files of a finished epoch: only a run with one of them has something to continue (or to lose)
+EPOCH_FILES = ("metrics.jsonl", "last.pt", "best.pt")
 LOCK_NAME = ".fgcli.lock"
 
 
-def check_run_folder(out: str | Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a new run in a folder holding one, unless it is continued or replaced on purpose."""
+def check_run_folder(out: str | Path, resume: bool, overwrite: bool,
+                     note: Callable[[str], None] = lambda message: None) -> None:
+    """Refuse to start a new run in a folder holding one, unless it is continued or replaced on purpose.
+
+    A run stopped in its first epoch (config.json, perhaps interrupted.pt, no finished epoch) holds nothing
+    ``--resume`` could continue, so a new run just starts there, with a note: refusing it sent the user in a
+    circle (``--resume`` then said there is no last.pt)."""
     out = Path(out)
     found = [name for name in RUN_FILES if (out / name).exists()]
-    if found and not resume and not overwrite:
-        raise FgcliError(f"{out} already holds a training run ({', '.join(found)}); a new run would replace it",
-                         hint="--resume continues that run; --overwrite starts a new one there (the old files are "
-                              "replaced when its first epoch ends); or choose another --out")
+    if not found or resume or overwrite:
+        return
+    if not any(name in EPOCH_FILES for name in found):
+        note(f"{out} holds a run stopped in its first epoch ({', '.join(found)}), with no epoch to continue: "
+             "starting a new run there")
+        return
+    raise FgcliError(f"{out} already holds a training run ({', '.join(found)}); a new run would replace it",
+                     hint="--resume continues that run; --overwrite starts a new one there (the old files are "
+                          "replaced when its first epoch ends); or choose another --out")
 
 
 @contextmanager

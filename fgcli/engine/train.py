@@ -34,7 +34,7 @@ from fgcli.engine.config import TrainConfig
 from fgcli.engine.metrics import ClassificationMetrics
 from fgcli.engine.run_folder import RUN_FILES, check_run_folder, run_lock
 from fgcli.engine.tensorboard import PREVIEW_IMAGES, TensorBoardLogger
-from fgcli.errors import DataError, FgcliError
+from fgcli.errors import TERMINATED_EXIT_CODE, DataError, FgcliError, Interrupted
 from fgcli.models import create_model
 from fgcli.runtime.torch_runner import resolve_torch_device
 from fgcli.utils import atomic_path, write_json_atomic
@@ -51,6 +51,7 @@ class TrainResult:
     epochs_run: int
     bad_images: list[str]
     interrupted: bool = False
+    terminated: bool = False  # interrupted by SIGTERM, not Ctrl-C
 
 
 def seed_everything(seed: int) -> None:
@@ -225,7 +226,10 @@ class Trainer:
     def _read_resume_checkpoint(self) -> dict[str, Any]:
         path = self.out / "last.pt"
         if not path.is_file():
-            raise FgcliError(f"--resume given but {path} does not exist", hint="drop --resume to start a new run")
+            held = [name for name in RUN_FILES if (self.out / name).exists()]
+            raise FgcliError(f"--resume: {path} does not exist, so no epoch of a run in {self.out} finished "
+                             f"(it holds {', '.join(held) or 'no run files'})",
+                             hint="drop --resume: a new run starts there, and nothing in that folder is lost")
         ckpt = load_checkpoint(path)
         from fgcli.engine.qat import is_qat_checkpoint
 
@@ -372,13 +376,14 @@ class Trainer:
                         (self.out / "interrupted.pt").unlink(missing_ok=True)  # the old run's
                     self.hook("epoch_end", record)
                 dist_utils.barrier(self.dist)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
             if self.dist.is_main:
-                with _sigint_ignored():  # a second Ctrl-C must not cut interrupted.pt short
+                with _stop_signals_ignored():  # a second Ctrl-C or SIGTERM must not cut interrupted.pt short
                     save_checkpoint(self.out / "interrupted.pt",
                                     self._state(epoch, {"interrupted_in_epoch": epoch + 1}))
                 self.hook("interrupted", {"epoch": epoch + 1, "out": str(self.out)})
-            return TrainResult(self.out, self.best_top1, last_top1, epoch - self.start_epoch, sorted(self.bad_images), True)
+            return TrainResult(self.out, self.best_top1, last_top1, epoch - self.start_epoch, sorted(self.bad_images),
+                               True, isinstance(stop, Terminated))
         finally:
             if board is not None:
                 board.close()
@@ -403,26 +408,54 @@ def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
     A RUN holding a run is refused unless ``cfg.resume`` or ``cfg.overwrite``; RUN/.fgcli.lock keeps a
     second run out while this one trains (see fgcli.engine.run_folder).
     """
-    if os.environ.get("RANK", "0") != "0":  # DDP: rank 0 holds the lock and decides for the folder
-        check_run_folder(cfg.out, cfg.resume, cfg.overwrite)
-        return Trainer(cfg, hook).fit()
-    note = (lambda message: hook("note", {"message": message})) if hook else (lambda message: None)
-    with run_lock(cfg.out, note):
-        check_run_folder(cfg.out, cfg.resume, cfg.overwrite)
-        return Trainer(cfg, hook).fit()
+    try:
+        with _sigterm_interrupts():
+            if os.environ.get("RANK", "0") != "0":  # DDP: rank 0 holds the lock and decides for the folder
+                check_run_folder(cfg.out, cfg.resume, cfg.overwrite)
+                return Trainer(cfg, hook).fit()
+            note = (lambda message: hook("note", {"message": message})) if hook else (lambda message: None)
+            with run_lock(cfg.out, note):
+                check_run_folder(cfg.out, cfg.resume, cfg.overwrite, note)
+                return Trainer(cfg, hook).fit()
+    except Terminated:  # before the first epoch began (fit() keeps a partial epoch in interrupted.pt)
+        raise Interrupted(f"SIGTERM before training into {cfg.out} began; nothing was written",
+                          exit_code=TERMINATED_EXIT_CODE) from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, Slurm preemption, timeout) during training: handled as the first Ctrl-C, so the
+    partial epoch is kept in interrupted.pt; schedulers send it and wait before they kill."""
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C for the block (in the main thread, where Python handles signals)."""
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises Terminated (in the main thread, where Python handles signals)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def stop(signum, frame) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _stop_signals_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM for the block (in the main thread, where Python handles signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _restore_rng(state: dict) -> None:
