@@ -224,7 +224,7 @@ def train(
         "model_kwargs": {"attention_backbone": attention_backbone} if attention_backbone else None,
         "tensorboard": tensorboard or None, "tensorboard_every": tensorboard_every,
         "qat": qat or None, "qat_calib_size": qat_calib_size,
-    })
+    }, note=lambda message: err_console.print(styled("[yellow]note:[/] {}", message), highlight=False))
     run_training(cfg)
 
 
@@ -239,7 +239,7 @@ def run_training(cfg):
     is_main = os.environ.get("RANK", "0") == "0"
     if is_main:
         console.print(describe_layout(cfg.data, cfg.layout), highlight=False)
-    if is_main and not cfg.pretrained and not cfg.weights:
+    if is_main and not cfg.pretrained and not cfg.weights and not cfg.resume:
         err_console.print(styled("[yellow]note:[/] training from scratch; FGVC methods expect ImageNet weights "
                                  "(--pretrained, or --weights FILE offline)"))
     hook = _TrainDisplay() if is_main else None

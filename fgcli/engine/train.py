@@ -115,6 +115,7 @@ class Trainer:
         )
         self.start_epoch = 0
         self.best_top1 = -1.0
+        self.last_top1 = 0.0  # of the last finished epoch (a resumed run's: its last.pt's)
         self.preview_images: torch.Tensor | None = None  # the first validation images, for attention maps
         self.ddp_model = self.model
         if resume_ckpt is not None:
@@ -261,6 +262,7 @@ class Trainer:
         _restore_rng(ckpt["rng"])
         self.start_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt.get("best_top1", -1.0))
+        self.last_top1 = float(ckpt["metrics"].get("val_top1", 0.0))
         self.bad_images.update({p: "skipped before resume" for p in ckpt.get("bad_images", [])})
 
     # -- loop -----------------------------------------------------------------
@@ -343,8 +345,11 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if not replaces_old_run:
                 write_json_atomic(self.out / "config.json", cfg.to_dict())
-        last_top1 = 0.0
+        last_top1 = self.last_top1
         epoch = self.start_epoch
+        if self.start_epoch >= cfg.epochs:  # before, this printed "last 0.0000" and nothing else
+            self.hook("note", {"message": f"the run in {self.out} already finished its {self.start_epoch} epochs: "
+                                          "nothing to train (a larger --epochs continues it)"})
         board = None
         if cfg.tensorboard and self.dist.is_main:
             board = TensorBoardLogger(self.out, cfg.mean, cfg.std, cfg.tensorboard_every)
