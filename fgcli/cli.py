@@ -358,8 +358,9 @@ def predict(
     """
     from fgcli.engine.predict import find_images, iter_predictions, predictions_json, write_predictions_csv
     from fgcli.runtime import open_runner
-    from fgcli.utils import sigint_deferred
+    from fgcli.utils import check_output_file, sigint_deferred
 
+    check_output_file(out)
     paths = find_images(folder)
     if not paths:
         raise FgcliError(f"no images found under {folder}", hint="supported: .jpg .jpeg .png .bmp .gif .tif .webp")
@@ -544,7 +545,9 @@ def calib(
     """Write the INT8 calibration set calib.npz (for fgcli build --int8 --calib-data on the target)."""
     from fgcli.calibration.dataset import build_calibration_set
     from fgcli.runtime import open_runner
+    from fgcli.utils import check_output_file
 
+    check_output_file(out)
     with open_runner(str(model), device="cpu") as runner:
         preprocess = runner.preprocess
     with _progress() as progress:

@@ -31,13 +31,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     (:func:`remove_stale_temporaries`). A full disk or a read-only folder is an FgcliError naming the folder;
     the old file is left as it was.
     """
-    path = Path(path)
+    path = check_output_file(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        raise output_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -47,17 +47,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         if exc.errno not in _WRITE_ERRNOS:
             raise
-        raise _write_error(path, exc) from None
+        raise output_error(path, exc) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_WRITE_ERRNOS = (*_FULL_ERRNOS, errno.EACCES, errno.EPERM, errno.EROFS)
+_WRITE_ERRNOS = (*_FULL_ERRNOS, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR)
 
 
-def _write_error(path: Path, exc: OSError):
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Refuse an output file that is a folder or would lie under a file, before the work that fills it (else
+    ``os.replace`` failed at the end with IsADirectoryError on the hidden temporary's name)."""
+    path = Path(path)
+    if path.is_dir():
+        raise output_error(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise output_error(path, NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
+    return path
+
+
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """``mkdir -p`` an output folder; a file in the way or a folder that cannot be written is an FgcliError
+    naming it (before, ``train --out FILE`` ended in a FileExistsError traceback)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(folder, exc) from None
+    return folder
+
+
+def output_error(path: Path, exc: OSError):
+    """The FgcliError for an output ``path`` that could not be written (or created, for a folder)."""
     from fgcli.errors import FgcliError
 
     if exc.errno in _FULL_ERRNOS:
@@ -66,6 +89,13 @@ def _write_error(path: Path, exc: OSError):
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return FgcliError(f"cannot write {path}: the folder {path.parent} is not writable ({exc.strerror})",
                           hint="pass an --out folder you can write to, or fix its permissions")
+    if exc.errno == errno.EISDIR:
+        return FgcliError(f"cannot write {path}: it is a folder, and a file of that name was asked for",
+                          hint=f"pass --out a file name, e.g. {path / 'NAME'} (the command's help names the file type)")
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        return FgcliError(f"cannot write {path}: {blocker} is a file, not a folder",
+                          hint=f"pass another --out, or move {blocker} out of the way")
     return FgcliError(f"cannot write {path}: {exc}", hint="check the folder and the disk")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from fgcli.errors import FgcliError
-from fgcli.utils import process_runs
+from fgcli.utils import make_output_folder, output_error, process_runs
 
 #: the files that make a folder a run (written by the training loop)
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "interrupted.pt")
@@ -51,9 +51,7 @@ def check_run_folder(out: str | Path, resume: bool, overwrite: bool,
 @contextmanager
 def run_lock(folder: str | Path, note: Callable[[str], None] = lambda message: None) -> Iterator[Path]:
     """Hold ``folder/.fgcli.lock`` for the block; ``note(message)`` hears of a stale lock taken over."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_NAME
+    lock = make_output_folder(folder) / LOCK_NAME
     _acquire(lock, note)
     try:
         yield lock
@@ -67,6 +65,9 @@ def _acquire(lock: Path, note: Callable[[str], None]) -> None:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            if lock.is_dir():  # not a lock fgcli wrote
+                raise FgcliError(f"{lock} is a folder, where fgcli keeps the run's lock file",
+                                 hint=f"remove or rename {lock}") from None
             pid = _lock_pid(lock)
             if pid is not None and process_runs(pid):
                 raise FgcliError(
@@ -77,6 +78,8 @@ def _acquire(lock: Path, note: Callable[[str], None]) -> None:
             note(f"took over the lock {lock} left by {holder}")
             lock.unlink(missing_ok=True)
             continue
+        except OSError as exc:  # a read-only or full folder
+            raise output_error(lock, exc) from None
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
         return
