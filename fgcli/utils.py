@@ -154,6 +154,25 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def read_json_object(path: str | os.PathLike, hint: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (fgcli's sidecars, config.json, source.json): unreadable, not JSON
+    or another JSON value (a list) is an FgcliError naming the file, never an AttributeError further on.
+    A missing file raises FileNotFoundError, for the caller to say what it was for."""
+    from fgcli.errors import FgcliError
+
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise FgcliError(f"cannot read {path}: {exc}", hint=hint) from None
+    if not isinstance(value, dict):
+        raise FgcliError(f"cannot read {path}: it holds a JSON {type(value).__name__}, where fgcli writes an object",
+                         hint=hint)
+    return value
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fgcli.errors import FgcliError
+from fgcli.utils import read_json_object
 
 #: every backbone halves the image five times: a smaller input leaves nothing for the attention maps
 BACKBONE_STRIDE = 32
@@ -170,13 +171,8 @@ def _resumed_settings(out: Path, given: dict[str, Any], note: Callable[[str], No
     path = out / "config.json"
     if not path.is_file():  # nothing to continue: the Trainer says so (no last.pt)
         return {}
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(recorded, dict):
-            raise ValueError(f"a JSON {type(recorded).__name__}, not an object")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise FgcliError(f"--resume: cannot read the run's settings from {path}: {exc}",
-                         hint="restore it, or delete it and give every option of the run again with --resume") from None
+    recorded = read_json_object(path, hint="restore it, or delete it and give every option of the run again with "
+                                           "--resume")
     known = {f.name for f in fields(TrainConfig)}
     settings = {k: v for k, v in recorded.items() if k in known and k not in _NOT_RESUMED}
     for key, value in given.items():
