@@ -361,9 +361,15 @@ def predict(
     from fgcli.utils import check_output_file, sigint_deferred
 
     check_output_file(out)
-    paths = find_images(folder)
+    skipped: list[str] = []
+    paths = find_images(folder, skipped)
+    if skipped:
+        named = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        err_console.print(styled("[yellow]note:[/] skipped {} files under {} that are not images PIL reads "
+                                 "here: {}", len(skipped), folder, named), highlight=False)
     if not paths:
-        raise FgcliError(f"no images found under {folder}", hint="supported: .jpg .jpeg .png .bmp .gif .tif .webp")
+        raise FgcliError(f"no images found under {folder}", hint="supported: .jpg .jpeg .png .bmp .gif .tif .webp, "
+                         "and any other format PIL identifies")
     predictions = []
     with open_runner(str(model), device=device) as runner:
         k = min(topk, len(runner.class_names))

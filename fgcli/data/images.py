@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fgcli.errors import DataError
+
+# PIL warns (on stderr, between progress lines) about a header above MAX_IMAGE_PIXELS and decodes it anyway;
+# as an error it is caught by ``open_image`` and becomes the image's reason, like PIL's DecompressionBombError.
+# A process-wide filter: ``warnings.catch_warnings`` is not thread-safe, and images load in threads.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 #: refused before decoding: a longer side this many times the shorter one is no photo, and resizing its
 #: shorter side to the model's resolution would ask for gigabytes (a 20000000x1 PNG is 2.5 KB)
