@@ -13,13 +13,15 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 #: a temporary file whose writer is gone, or older than this, is left over from a killed write
 STALE_TMP_SECONDS = 6 * 3600
 #: ``.<target name>.<writer pid>.<mkstemp's 8 random characters>.tmp``; earlier fgcli versions wrote no pid
 _TMP_NAME = re.compile(r"^\.(?P<target>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
+#: the temporaries this process is writing now: any other one named after its pid is a dead writer's
+_WRITING: set[str] = set()
 
 
 @contextmanager
@@ -40,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise output_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
+    _WRITING.add(os.path.realpath(tmp))
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
@@ -49,6 +52,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise
         raise output_error(path, exc) from None
     finally:
+        _WRITING.discard(os.path.realpath(tmp))
         if tmp_path.exists():
             tmp_path.unlink()
 
@@ -99,27 +103,35 @@ def output_error(path: Path, exc: OSError):
     return FgcliError(f"cannot write {path}: {exc}", hint="check the folder and the disk")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None,
+                             locked_targets: Iterable[str] = ()) -> list[Path]:
     """Delete the temporary files of atomic writes that never finished (their writer was killed) in ``folder``.
 
-    Stale: the pid in the name no longer runs, or the file is older than ``STALE_TMP_SECONDS`` (a reused pid).
-    A name without a pid (earlier fgcli versions) is removed only when old and its target file exists beside
-    it, so a stranger's hidden ``.tmp`` file is never touched. Returns what was removed.
+    Stale: the pid in the name no longer runs, or is this process's while it writes no such file (a killed
+    process whose pid came back, as a restarted container's does), or the file is older than
+    ``STALE_TMP_SECONDS`` (a reused pid). A name without a pid (earlier fgcli versions) is removed only when
+    old and its target file exists beside it, so a stranger's hidden ``.tmp`` file is never touched.
+    ``locked_targets``: file names only the caller writes in ``folder`` (it holds the folder's lock), whose
+    temporaries are stale whatever their pid (another process may have taken the dead writer's).
+    Returns what was removed.
     """
+    locked_targets = set(locked_targets)
     now = time.time() if now is None else now
     removed = []
     with os.scandir(folder) as entries:
         for entry in entries:
             match = _TMP_NAME.match(entry.name)
-            if not match or not entry.is_file(follow_symlinks=False):
+            if not match or not entry.is_file(follow_symlinks=False) or os.path.realpath(entry.path) in _WRITING:
                 continue
             pid = match.group("pid")
             try:
                 old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
-                if pid is None:
+                if pid is not None and match.group("target") in locked_targets:
+                    stale = True
+                elif pid is None:
                     stale = old and os.path.exists(os.path.join(folder, match.group("target")))
                 else:
-                    stale = old or (int(pid) != os.getpid() and not process_runs(int(pid)))
+                    stale = old or int(pid) == os.getpid() or not process_runs(int(pid))
                 if stale:
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))

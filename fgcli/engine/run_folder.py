@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from fgcli.errors import FgcliError
-from fgcli.utils import make_output_folder, output_error, process_runs
+from fgcli.utils import make_output_folder, output_error, process_runs, remove_stale_temporaries
 
 #: the files that make a folder a run (written by the training loop)
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "interrupted.pt")
@@ -54,6 +54,9 @@ def run_lock(folder: str | Path, note: Callable[[str], None] = lambda message: N
     lock = make_output_folder(folder) / LOCK_NAME
     _acquire(lock, note)
     try:
+        # a run killed while writing left a temporary that its pid, now perhaps another process's, would keep
+        for path in remove_stale_temporaries(folder, locked_targets=RUN_FILES):
+            note(f"removed {path.name}, left by a write that was killed")
         yield lock
     finally:
         if _lock_pid(lock) == os.getpid():  # never remove a lock another process took over
