@@ -423,7 +423,7 @@ def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
                 check_run_folder(cfg.out, cfg.resume, cfg.overwrite, note)
                 return Trainer(cfg, hook).fit()
     except Terminated:  # before the first epoch began (fit() keeps a partial epoch in interrupted.pt)
-        raise Interrupted(f"SIGTERM before training into {cfg.out} began; nothing was written",
+        raise Interrupted(f"SIGTERM before the first epoch into {cfg.out} began; no weights were saved",
                           exit_code=TERMINATED_EXIT_CODE) from None
 
 
@@ -434,13 +434,17 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """Within the block SIGTERM raises Terminated (in the main thread, where Python handles signals)."""
+    """Within the block the first SIGTERM raises Terminated, later ones are ignored: the run is stopping
+    already (in the main thread, where Python handles signals)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received = []
 
     def stop(signum, frame) -> None:
-        raise Terminated
+        if not received:
+            received.append(signum)
+            raise Terminated
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
