@@ -247,6 +247,22 @@ def test_resume_keeps_the_run_settings_and_names_each_option_it_changes(tmp_path
                      "resumed epochs use 0.005, and config.json now records it"]
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "metrics.jsonl").open("a").write("half a line\n"), "metrics.jsonl:3 is not an epoch record"),
+    (lambda run: (run / "config.json").write_text(json.dumps(
+        {**json.loads((run / "config.json").read_text()), "img_size": "big"})),
+     "config.json says img_size is 'big', where fgcli writes a value of type int"),
+])
+def test_a_damaged_run_file_is_named_when_the_resume_starts(damage, message, tiny_checkpoint, tiny_dataset, tmp_path,
+                                                            monkeypatch, capsys):
+    """Before: a TypeError from the config, or a JSONDecodeError after a whole resumed epoch."""
+    run = shutil.copytree(tiny_checkpoint.parent, tmp_path / "run")
+    damage(run)
+    code, output = run_cli(["train", "--data", tiny_dataset, "--out", run, "--resume", "--epochs", "3"],
+                           monkeypatch, capsys)
+    assert code == 2 and message in output and "epoch 3/3" not in output, output[-3000:]
+
+
 def test_resuming_a_finished_run_says_it_is_finished(tiny_checkpoint, tiny_dataset, tmp_path, monkeypatch, capsys):
     run = shutil.copytree(tiny_checkpoint.parent, tmp_path / "run")
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"]
@@ -284,6 +300,21 @@ def test_predict_reads_every_image_pil_identifies_and_names_what_it_skips(tmp_pa
     assert code == 0 and "5 images classified, 0 unreadable" in output, output[-3000:]
     assert f"skipped 2 files under {folder} that are not images PIL reads here: {folder / 'e.heic'}, " \
            f"{folder / 'notes.txt'}" in output
+
+
+def test_a_folder_dataset_reads_what_pil_identifies_and_names_what_it_leaves_out(tmp_path):
+    from fgcli.data import load_split
+
+    for split in ("train", "test"):
+        for name in ("x", "y"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (20, 20)).save(folder / "1.png")
+            Image.new("RGB", (20, 20)).save(folder / "2.jfif", "JPEG")
+    (tmp_path / "train" / "x" / "readme.txt").write_text("not an image")
+    data = load_split(tmp_path, "train", "folder")
+    assert sorted(Path(s.path).name for s in data.samples) == ["1.png", "1.png", "2.jfif", "2.jfif"]
+    assert f"1 files that are not images PIL reads are left out: {tmp_path / 'train' / 'x' / 'readme.txt'}" in data.note
 
 
 def test_a_decompression_bomb_header_is_a_line_of_ours_not_a_raw_warning(tmp_path):

@@ -171,13 +171,28 @@ def _resumed_settings(out: Path, given: dict[str, Any], note: Callable[[str], No
     path = out / "config.json"
     if not path.is_file():  # nothing to continue: the Trainer says so (no last.pt)
         return {}
-    recorded = read_json_object(path, hint="restore it, or delete it and give every option of the run again with "
-                                           "--resume")
-    known = {f.name for f in fields(TrainConfig)}
-    settings = {k: v for k, v in recorded.items() if k in known and k not in _NOT_RESUMED}
+    hint = "restore it, or delete it and give every option of the run again with --resume"
+    recorded = read_json_object(path, hint=hint)
+    defaults = TrainConfig().to_dict()
+    settings = {k: v for k, v in recorded.items() if k in defaults and k not in _NOT_RESUMED}
+    for key, value in settings.items():
+        if not _same_kind(value, defaults[key]):
+            raise FgcliError(f"--resume: {path} says {key} is {value!r}, where fgcli writes a "
+                             f"value of type {type(defaults[key]).__name__}", hint=hint)
     for key, value in given.items():
         if key in settings and key not in _NOT_RESUMED + _CHANGED_QUIETLY and settings[key] != value:
             option = _OPTION_OF.get(key, "--" + key.replace("_", "-"))
             note(f"{option} {value} differs from the {settings[key]} this run was started with ({path}): the resumed "
                  f"epochs use {value}, and config.json now records it")
     return settings
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether a value read from config.json has the JSON kind of the setting's default (a None default: any)."""
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))

@@ -5,15 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from fgcli.data.parsers.folder import IMAGE_SUFFIXES
+from fgcli.data.images import find_image_files
 from fgcli.engine.batches import iter_image_batches
 from fgcli.engine.metrics import softmax
 from fgcli.errors import FgcliError
@@ -31,47 +29,14 @@ class Prediction:
 
 
 def find_images(folder: str | Path, skipped: list[str] | None = None) -> list[str]:
-    """Every image file under ``folder``, recursively (symlinked folders too, each real folder once), sorted.
-
-    An image is a file with an image suffix, or one whose header PIL identifies (``.jfif``, ``.avif``, a JPEG
-    without an extension); every other file is appended to ``skipped``, so the caller can say what it left out
-    (before, a symlinked folder and such files were skipped without a word)."""
+    """``folder`` itself when it is a file, else every image file under it (``find_image_files``), sorted;
+    the other files go to ``skipped``, so the caller can say what it left out."""
     folder = Path(folder)
     if folder.is_file():
         return [str(folder)]
     if not folder.is_dir():
         raise FgcliError(f"{folder} is neither a folder nor a file", hint="pass a folder of images")
-    found, seen_folders = [], set()
-    for root, subfolders, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen_folders:  # a symlink loop, or a second link to a folder already searched
-            subfolders[:] = []
-            continue
-        seen_folders.add(real)
-        for name in files:
-            path = os.path.join(root, name)
-            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES or _pil_identifies(path):
-                found.append(path)
-            elif skipped is not None:
-                skipped.append(path)
-    if skipped is not None:
-        skipped.sort()
-    return sorted(found)
-
-
-def _pil_identifies(path: str) -> bool:
-    """Whether PIL recognises the file's header as an image (reads a few bytes, decodes nothing)."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path):
-                return True
-    except Image.DecompressionBombError:  # an image, refused later with the reason
-        return True
-    except Exception:  # not an image PIL reads (PIL raises assorted errors on foreign files)
-        return False
+    return sorted(find_image_files(folder, skipped))
 
 
 def resolve_topk(topk: int | None, class_names: list[str]) -> int:

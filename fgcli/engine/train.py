@@ -263,6 +263,7 @@ class Trainer:
         self.start_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt.get("best_top1", -1.0))
         self.last_top1 = float(ckpt["metrics"].get("val_top1", 0.0))
+        _metrics_before(self.out / "metrics.jsonl", self.start_epoch + 1)  # a damaged line: said now, not in an hour
         self.bad_images.update({p: "skipped before resume" for p in ckpt.get("bad_images", [])})
 
     # -- loop -----------------------------------------------------------------
@@ -400,11 +401,31 @@ class Trainer:
     def _append_metrics(self, record: dict[str, Any]) -> None:
         """Append one line; rewritten atomically so a killed run never leaves half a line."""
         path = self.out / "metrics.jsonl"
-        previous = path.read_text() if path.exists() else ""
-        lines = [ln for ln in previous.splitlines() if ln and json.loads(ln)["epoch"] < record["epoch"]]
+        lines = _metrics_before(path, record["epoch"])
         lines.append(json.dumps(record))
         with atomic_path(path) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
+
+
+def _metrics_before(path: Path, epoch: int) -> list[str]:
+    """The lines of RUN/metrics.jsonl for the epochs before ``epoch`` (none before the first); a line that is not
+    an epoch's record is an error naming it (before: a JSONDecodeError traceback after a whole resumed epoch)."""
+    if epoch <= 1 or not path.exists():
+        return []
+    hint = "fix or delete that line (each line is one epoch's JSON record)"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise FgcliError(f"cannot read {path}: {exc}", hint=hint) from None
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            if line.strip() and int(json.loads(line)["epoch"]) < epoch:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise FgcliError(f"{path}:{number} is not an epoch record of fgcli train ({type(exc).__name__}: {exc})",
+                             hint=hint) from None
+    return kept
 
 
 def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
