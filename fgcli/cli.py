@@ -20,7 +20,7 @@ from rich.text import Text
 from typer.exceptions import TyperException
 
 from fgcli.console import make_console, styled
-from fgcli.errors import INTERRUPTED_EXIT_CODE, TERMINATED_EXIT_CODE, FgcliError, Interrupted
+from fgcli.errors import INTERRUPTED_EXIT_CODE, TERMINATED_EXIT_CODE, FgcliError, Interrupted, Terminated
 
 app = typer.Typer(
     help="Fine-grained visual classification: train, evaluate, export, quantize and deploy.",
@@ -381,12 +381,15 @@ def predict(
                 for batch in iter_predictions(runner, paths, topk=k, batch_size=batch_size, progress=advance):
                     predictions.extend(batch)
                     interrupt.check()  # Ctrl-C takes effect here, between batches
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+            terminated = isinstance(stop, Terminated)
+            code, by = (TERMINATED_EXIT_CODE, "SIGTERM ") if terminated else (INTERRUPTED_EXIT_CODE, "")
             if not predictions:
-                raise Interrupted(f"after 0 of {len(paths)} images; nothing written (no {out})") from None
+                raise Interrupted(f"{by}after 0 of {len(paths)} images; nothing written (no {out})",
+                                  exit_code=code) from None
             write_predictions_csv(out, predictions, k)
-            raise Interrupted(f"after {len(predictions)} of {len(paths)} images; their rows are in {out}",
-                              hint="run it again for every image") from None
+            raise Interrupted(f"{by}after {len(predictions)} of {len(paths)} images; their rows are in {out}",
+                              hint="run it again for every image", exit_code=code) from None
     write_predictions_csv(out, predictions, k)
     failed = [p for p in predictions if p.error]
     if json_out:

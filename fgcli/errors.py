@@ -50,3 +50,9 @@ class Interrupted(FgcliError):
     def __init__(self, message: str, hint: str | None = None, exit_code: int = INTERRUPTED_EXIT_CODE):
         super().__init__(message, hint)
         self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, Slurm preemption, timeout), raised where Ctrl-C's KeyboardInterrupt would be: a
+    command keeps what it has, as for Ctrl-C, and exits with TERMINATED_EXIT_CODE. Schedulers send it and wait
+    before they kill."""

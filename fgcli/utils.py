@@ -208,35 +208,43 @@ def optional_import(module: str, extra: str, purpose: str):
 
 
 class DeferredInterrupt:
-    """Ctrl-C noted, to be raised where the caller is ready for it (``check()``); see ``sigint_deferred``."""
+    """Ctrl-C or SIGTERM noted, to be raised where the caller is ready for it (``check()``); see
+    ``sigint_deferred``."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested: int | None = None  # the signal received
 
     def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+        if self.requested is not None:
+            raise _interrupt(self.requested)
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    from fgcli.errors import Terminated
+
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextmanager
 def sigint_deferred() -> Iterator[DeferredInterrupt]:
-    """Within the block, a first Ctrl-C only sets a flag that ``check()`` turns into KeyboardInterrupt; a second
-    one interrupts at once. A KeyboardInterrupt raised anywhere can land inside a library's ``with lock:`` (a
-    thread pool's result wait) and come out as "RuntimeError: cannot release un-acquired lock" (seen in CI), which
-    no ``except KeyboardInterrupt`` catches. Outside the main thread, where Python does not handle signals, it
-    changes nothing."""
+    """Within the block, a first Ctrl-C (or SIGTERM) only sets a flag that ``check()`` turns into
+    KeyboardInterrupt (Terminated); a second one interrupts at once. A KeyboardInterrupt raised anywhere can land
+    inside a library's ``with lock:`` (a thread pool's result wait) and come out as "RuntimeError: cannot release
+    un-acquired lock" (seen in CI), which no ``except KeyboardInterrupt`` catches. Outside the main thread, where
+    Python does not handle signals, it changes nothing."""
     state = DeferredInterrupt()
     if threading.current_thread() is not threading.main_thread():
         yield state
         return
 
     def note(signum, frame) -> None:
-        if state.requested:
-            raise KeyboardInterrupt
-        state.requested = True
+        if state.requested is not None:
+            raise _interrupt(signum)
+        state.requested = signum
 
-    previous = signal.signal(signal.SIGINT, note)
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield state
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

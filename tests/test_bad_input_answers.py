@@ -127,8 +127,19 @@ def test_export_cam_and_report_print_markup_as_text(command, markup_dataset, mar
     assert f"[bold]{command}" in output, output[-3000:]  # the output folder, named like markup
 
 
-# --------------------------------------------------------------------------- SIGTERM in training
-def test_sigterm_during_training_keeps_the_partial_epoch_and_exits_143(tiny_dataset, tmp_path, monkeypatch, capsys):
+# --------------------------------------------------------------------------- SIGTERM
+@pytest.fixture
+def unhandled_sigterms():
+    """SIGTERMs that reach this process's own handler: code that does not handle SIGTERM would otherwise end
+    the whole test session."""
+    heard = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: heard.append(signum))
+    yield heard
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_during_training_keeps_the_partial_epoch_and_exits_143(tiny_dataset, tmp_path, monkeypatch, capsys,
+                                                                       unhandled_sigterms):
     """A real SIGTERM, sent to this process during the first training step (as docker stop or Slurm do)."""
     import torch
 
@@ -142,18 +153,39 @@ def test_sigterm_during_training_keeps_the_partial_epoch_and_exits_143(tiny_data
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(cli._TrainDisplay, "__call__", terminated_at_the_first_step)
-    heard = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: heard.append(signum))  # old code: not killed
-    try:
-        code, output = run_cli(train_args(tiny_dataset, tmp_path / "run", "--epochs", "2"), monkeypatch, capsys)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert code == 143 and not heard, output[-3000:]
+    code, output = run_cli(train_args(tiny_dataset, tmp_path / "run", "--epochs", "2"), monkeypatch, capsys)
+    assert code == 143 and not unhandled_sigterms, output[-3000:]
     state = torch.load(tmp_path / "run" / "interrupted.pt", weights_only=True)
     assert state["metrics"] == {"interrupted_in_epoch": 1} and state["epoch"] == 0
     assert f"SIGTERM: weights so far in {tmp_path / 'run' / 'interrupted.pt'}" in output
     assert "no epoch finished: the same command starts a new run there" in output
     assert not (tmp_path / "run" / ".fgcli.lock").exists()
+
+
+def test_sigterm_during_predict_writes_the_rows_done_and_exits_143(tmp_path, monkeypatch, capsys, unhandled_sigterms):
+    from fake_tensorrt import write_classifier_onnx
+
+    import fgcli.engine.predict as predict
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(folder / f"{i}.png")
+    batches = predict.iter_predictions
+
+    def terminated_after_the_first_batch(*args, **kwargs):
+        for number, batch in enumerate(batches(*args, **kwargs)):
+            if number == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # noted, raised between batches
+            yield batch
+
+    monkeypatch.setattr(predict, "iter_predictions", terminated_after_the_first_batch)
+    out = tmp_path / "p.csv"
+    code, output = run_cli(["predict", write_classifier_onnx(tmp_path / "model.onnx"), folder, "--out", out,
+                            "--batch-size", "2"], monkeypatch, capsys)
+    assert code == 143 and not unhandled_sigterms, output[-3000:]
+    assert f"SIGTERM after 4 of 6 images; their rows are in {out}" in output
+    assert len(out.read_text().splitlines()) == 1 + 4
 
 
 # --------------------------------------------------------------------------- hints that agree

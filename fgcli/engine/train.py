@@ -34,7 +34,7 @@ from fgcli.engine.config import TrainConfig
 from fgcli.engine.metrics import ClassificationMetrics
 from fgcli.engine.run_folder import RUN_FILES, check_run_folder, run_lock
 from fgcli.engine.tensorboard import PREVIEW_IMAGES, TensorBoardLogger
-from fgcli.errors import TERMINATED_EXIT_CODE, DataError, FgcliError, Interrupted
+from fgcli.errors import TERMINATED_EXIT_CODE, DataError, FgcliError, Interrupted, Terminated
 from fgcli.models import create_model
 from fgcli.runtime.torch_runner import resolve_torch_device
 from fgcli.utils import atomic_path, write_json_atomic
@@ -446,11 +446,6 @@ def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
     except Terminated:  # before the first epoch began (fit() keeps a partial epoch in interrupted.pt)
         raise Interrupted(f"SIGTERM before the first epoch into {cfg.out} began; no weights were saved",
                           exit_code=TERMINATED_EXIT_CODE) from None
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (docker stop, Slurm preemption, timeout) during training: handled as the first Ctrl-C, so the
-    partial epoch is kept in interrupted.pt; schedulers send it and wait before they kill."""
 
 
 @contextmanager
