@@ -263,6 +263,26 @@ def test_a_read_only_output_folder_for_train_is_a_clear_error(read_only_dir, tin
         assert code == 2 and f"the folder {folder} is not writable" in output, output[-3000:]
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"fgcli.mean": json.dumps("x")}, "are not numbers (could not convert string to float: 'x')"),  # a traceback
+    ({"fgcli.img_size": "-8"}, "are invalid: crop size -8 must be positive"),  # its hint named --resize-size
+])
+def test_stored_preprocessing_that_makes_no_sense_names_the_model(change, message, tmp_path, monkeypatch, capsys):
+    import onnx
+    from fake_tensorrt import write_classifier_onnx
+    from fake_tensorrt.onnx_models import FGCLI_METADATA
+    from onnx import helper
+
+    model = write_classifier_onnx(tmp_path / "model.onnx")
+    proto = onnx.load(str(model))
+    helper.set_model_props(proto, {**FGCLI_METADATA, **change})
+    onnx.save(proto, str(model))
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    code, output = run_cli(["predict", model, tmp_path / "a.png", "--out", tmp_path / "p.csv"], monkeypatch, capsys)
+    assert code == 2 and f"{model}: stored preprocessing settings" in output and message in output, output[-3000:]
+    assert "re-export it" in output and "--resize-size" not in output
+
+
 # --------------------------------------------------------------------------- a line instead of silence
 def test_resume_keeps_the_run_settings_and_names_each_option_it_changes(tmp_path):
     from fgcli.engine.config import TrainConfig, resolve_config

@@ -150,7 +150,8 @@ class OnnxRunner(Runner):
         active = self._session.get_providers()[0]
         meta = decode_fgcli_metadata(self._session.get_modelmeta().custom_metadata_map, self.path)
         super().__init__(name=f"onnxruntime:{active}", class_names=meta["class_names"],
-                         preprocess=PreprocessConfig.from_dict(meta["preprocess"]), precision=meta["precision"])
+                         preprocess=PreprocessConfig.from_dict(meta["preprocess"], self.path),
+                         precision=meta["precision"])
         self.metadata = meta
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name

@@ -361,7 +361,8 @@ class TensorRTRunner(Runner):
         meta = self.sidecar["fgcli"]
         super().__init__(
             name=f"tensorrt:{self._device_label(device)}", class_names=list(meta["class_names"]),
-            preprocess=PreprocessConfig.from_dict(meta["preprocess"]), precision=self.sidecar["precision"],
+            preprocess=PreprocessConfig.from_dict(meta["preprocess"], self.engine_path),
+            precision=self.sidecar["precision"],
         )
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

@@ -55,7 +55,7 @@ class TorchRunner(Runner):
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.model = model_from_checkpoint(ckpt, source).to(self.device)
         super().__init__(name=f"torch:{self.device}", class_names=ckpt["class_names"],
-                         preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]), precision=autocast or "fp32")
+                         preprocess=PreprocessConfig.from_dict(ckpt["preprocess"], source), precision=autocast or "fp32")
 
     def run(self, images: np.ndarray) -> np.ndarray:
         batch = self._torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
