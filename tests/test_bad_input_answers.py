@@ -283,6 +283,18 @@ def test_stored_preprocessing_that_makes_no_sense_names_the_model(change, messag
     assert "re-export it" in output and "--resize-size" not in output
 
 
+def test_a_checkpoint_whose_class_names_are_one_string_is_refused(tiny_checkpoint, tmp_path):
+    """Before: "abc" was taken as the three classes a, b and c."""
+    import torch
+
+    from fgcli.engine.checkpoint import load_checkpoint
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    torch.save({**state, "class_names": "abc"}, tmp_path / "best.pt")
+    with pytest.raises(FgcliError, match="class_names is str 'abc', not a list of names"):
+        load_checkpoint(tmp_path / "best.pt")
+
+
 # --------------------------------------------------------------------------- a line instead of silence
 def test_resume_keeps_the_run_settings_and_names_each_option_it_changes(tmp_path):
     from fgcli.engine.config import TrainConfig, resolve_config

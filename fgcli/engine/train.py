@@ -262,7 +262,7 @@ class Trainer:
         _restore_rng(ckpt["rng"])
         self.start_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt.get("best_top1", -1.0))
-        self.last_top1 = float(ckpt["metrics"].get("val_top1", 0.0))
+        self.last_top1 = float((ckpt.get("metrics") or {}).get("val_top1", 0.0))
         _metrics_before(self.out / "metrics.jsonl", self.start_epoch + 1)  # a damaged line: said now, not in an hour
         self.bad_images.update({p: "skipped before resume" for p in ckpt.get("bad_images", [])})
 
