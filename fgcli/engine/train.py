@@ -382,14 +382,19 @@ class Trainer:
                         (self.out / "interrupted.pt").unlink(missing_ok=True)  # the old run's
                     self.hook("epoch_end", record)
                 dist_utils.barrier(self.dist)
-        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+        except (KeyboardInterrupt, Exception) as stop:  # Ctrl-C, or SIGTERM (Terminated)
+            terminated = isinstance(stop, Terminated) or _SIGTERM_RECEIVED.is_set()
+            if not isinstance(stop, KeyboardInterrupt) and not terminated:
+                raise
+            # after a SIGTERM, an error is its doing (a DataLoader worker it killed, a Terminated a library
+            # turned into another exception): the partial epoch is kept all the same
             if self.dist.is_main:
                 with _stop_signals_ignored():  # a second Ctrl-C or SIGTERM must not cut interrupted.pt short
                     save_checkpoint(self.out / "interrupted.pt",
                                     self._state(epoch, {"interrupted_in_epoch": epoch + 1}))
                 self.hook("interrupted", {"epoch": epoch + 1, "out": str(self.out)})
             return TrainResult(self.out, self.best_top1, last_top1, epoch - self.start_epoch, sorted(self.bad_images),
-                               True, isinstance(stop, Terminated))
+                               True, terminated)
         finally:
             if board is not None:
                 board.close()
@@ -448,6 +453,10 @@ def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
                           exit_code=TERMINATED_EXIT_CODE) from None
 
 
+#: set by the first SIGTERM of a training run
+_SIGTERM_RECEIVED = threading.Event()
+
+
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Within the block the first SIGTERM raises Terminated, later ones are ignored: the run is stopping
@@ -455,27 +464,35 @@ def _sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = []
 
     def stop(signum, frame) -> None:
-        if not received:
-            received.append(signum)
-            raise Terminated
+        if _SIGTERM_RECEIVED.is_set():
+            return
+        _SIGTERM_RECEIVED.set()
+        if hasattr(signal, "SIGCHLD"):  # the process ends: PyTorch need not raise for the workers SIGTERM killed
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        raise Terminated
 
+    _SIGTERM_RECEIVED.clear()
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _SIGTERM_RECEIVED.clear()
 
 
 @contextmanager
 def _stop_signals_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C and SIGTERM for the block (in the main thread, where Python handles signals)."""
+    """Ignore Ctrl-C and SIGTERM for the block (in the main thread, where Python handles signals), and the
+    deaths of DataLoader workers: a scheduler's SIGTERM to the whole process group (Slurm) kills them too, and
+    PyTorch's SIGCHLD handler then raised "DataLoader worker ... is killed" inside torch.save of interrupted.pt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGCHLD"):  # POSIX; SIG_DFL, not SIG_IGN, which would stop children being waited for
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         yield
     finally:
