@@ -69,7 +69,14 @@ def check_output_file(path: str | os.PathLike) -> Path:
         raise output_error(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
     if any(parent.exists() and not parent.is_dir() for parent in path.parents):
         raise output_error(path, NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
+    if not os.access(_existing_folder(path), os.W_OK):  # a read-only mount (EROFS even for root) or permissions
+        raise output_error(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
     return path
+
+
+def _existing_folder(path: Path) -> Path:
+    """The folder an output is created in: the nearest one of ``path``'s parents that exists."""
+    return next((parent for parent in path.parents if parent.is_dir()), Path("."))
 
 
 def make_output_folder(folder: str | os.PathLike) -> Path:
@@ -91,7 +98,7 @@ def output_error(path: Path, exc: OSError):
         return FgcliError(f"cannot write {path}: no space left in {path.parent} ({exc.strerror}); "
                           "the previous file, if any, is unchanged", hint="free some space there, or pass another --out")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return FgcliError(f"cannot write {path}: the folder {path.parent} is not writable ({exc.strerror})",
+        return FgcliError(f"cannot write {path}: the folder {_existing_folder(path)} is not writable ({exc.strerror})",
                           hint="pass an --out folder you can write to, or fix its permissions")
     if exc.errno == errno.EISDIR:
         return FgcliError(f"cannot write {path}: it is a folder, and a file of that name was asked for",

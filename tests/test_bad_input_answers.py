@@ -257,10 +257,20 @@ def test_output_paths_that_cannot_be_written_are_named_before_the_work(case, tin
     assert a_file.read_text() == "someone's file" and not [p for p in tmp_path.rglob("*.tmp")]
 
 
-def test_a_read_only_output_folder_for_train_is_a_clear_error(read_only_dir, tiny_dataset, monkeypatch, capsys):
-    for out, folder in ((read_only_dir / "run", read_only_dir), (read_only_dir, read_only_dir)):
-        code, output = run_cli(train_args(tiny_dataset, out), monkeypatch, capsys)
-        assert code == 2 and f"the folder {folder} is not writable" in output, output[-3000:]
+@pytest.mark.parametrize("command", ["train-new-folder", "train-existing-folder", "data-synth", "predict"])
+def test_a_read_only_output_folder_is_a_clear_error_before_the_work(command, read_only_dir, tiny_dataset, tmp_path,
+                                                                    monkeypatch, capsys):
+    """Before: a bare OSError (train at its lock, data synth), or predict's error after every image."""
+    from fake_tensorrt import write_classifier_onnx
+
+    args = {"train-new-folder": train_args(tiny_dataset, read_only_dir / "run" / "deeper"),
+            "train-existing-folder": train_args(tiny_dataset, read_only_dir),
+            "data-synth": ["data", "synth", read_only_dir / "synth", "--classes", "2", "--per-class", "2"],
+            "predict": ["predict", write_classifier_onnx(tmp_path / "model.onnx"), tiny_dataset / "test", "--out",
+                        read_only_dir / "p.csv"]}[command]
+    code, output = run_cli(args, monkeypatch, capsys)
+    assert code == 2 and f"the folder {read_only_dir} is not writable" in output, output[-3000:]
+    assert "predicting" not in output and "Traceback" not in output
 
 
 @pytest.mark.parametrize("change, message", [
