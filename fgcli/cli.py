@@ -7,6 +7,7 @@ runs on a device without PyTorch and `fgcli --help` is instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,14 +225,17 @@ def train(
         "model_kwargs": {"attention_backbone": attention_backbone} if attention_backbone else None,
         "tensorboard": tensorboard or None, "tensorboard_every": tensorboard_every,
         "qat": qat or None, "qat_calib_size": qat_calib_size,
-    }, note=lambda message: err_console.print(styled("[yellow]note:[/] {}", message), highlight=False))
+    }, note=_note if os.environ.get("RANK", "0") == "0" else lambda message: None)  # DDP: rank 0 speaks
     run_training(cfg)
+
+
+def _note(message: str) -> None:
+    """One line on stderr: something fgcli did that the user did not ask for (message: text, never markup)."""
+    err_console.print(styled("[yellow]note:[/] {}", message), highlight=False)
 
 
 def run_training(cfg):
     """Train with a rich progress display on rank 0; returns the TrainResult, raises Interrupted on Ctrl-C."""
-    import os
-
     from fgcli.engine.train import train as train_loop
 
     from fgcli.data import describe_layout
@@ -240,8 +244,7 @@ def run_training(cfg):
     if is_main:
         console.print(describe_layout(cfg.data, cfg.layout), highlight=False)
     if is_main and not cfg.pretrained and not cfg.weights and not cfg.resume:
-        err_console.print(styled("[yellow]note:[/] training from scratch; FGVC methods expect ImageNet weights "
-                                 "(--pretrained, or --weights FILE offline)"))
+        _note("training from scratch; FGVC methods expect ImageNet weights (--pretrained, or --weights FILE offline)")
     hook = _TrainDisplay() if is_main else None
     try:
         result = train_loop(cfg, hook)
@@ -278,7 +281,7 @@ class _TrainDisplay:
 
     def __call__(self, event: str, payload: dict) -> None:
         if event == "note":
-            err_console.print(styled("[yellow]note:[/] {}", payload["message"]), highlight=False)
+            _note(payload["message"])
         elif event == "epoch_start":
             self._reset(f"epoch {payload['epoch'] + 1}/{payload['epochs']}", payload["steps"])
         elif event == "step":
@@ -365,8 +368,7 @@ def predict(
     paths = find_images(folder, skipped)
     if skipped:
         named = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        err_console.print(styled("[yellow]note:[/] skipped {} files under {} that are not images PIL reads "
-                                 "here: {}", len(skipped), folder, named), highlight=False)
+        _note(f"skipped {len(skipped)} files under {folder} that are not images PIL reads here: {named}")
     if not paths:
         raise FgcliError(f"no images found under {folder}", hint="supported: .jpg .jpeg .png .bmp .gif .tif .webp, "
                          "and any other format PIL identifies")
@@ -374,8 +376,7 @@ def predict(
     with open_runner(str(model), device=device) as runner:
         k = min(topk, len(runner.class_names))
         if k < topk:
-            err_console.print(styled(f"[yellow]note:[/] --topk {topk} is more than the {k} classes of {{}}: "
-                                     f"each row lists all {k}", model), highlight=False)
+            _note(f"--topk {topk} is more than the {k} classes of {model}: each row lists all {k}")
         try:
             with sigint_deferred() as interrupt, _task(f"predicting ({runner.name})", len(paths)) as advance:
                 for batch in iter_predictions(runner, paths, topk=k, batch_size=batch_size, progress=advance):
@@ -777,8 +778,8 @@ def cam(
     with _task("drawing attention maps", len(paths)) as advance:
         result = write_cam_figures(checkpoint, paths, out_dir, top_k=top_k, device=device, progress=advance)
     if top_k > result.num_classes:
-        err_console.print(styled(f"[yellow]note:[/] --top-k {top_k} is more than the {result.num_classes} classes "
-                                 f"of {{}}: each caption lists all {result.num_classes}", checkpoint), highlight=False)
+        _note(f"--top-k {top_k} is more than the {result.num_classes} classes of {checkpoint}: each caption lists "
+              f"all {result.num_classes}")
     if result.grid:
         console.print(styled(f"{len(result.figures)} figures in [bold]{{}}[/] (one per image), all images in "
                              "[bold]{}[/]", out_dir, result.grid))
