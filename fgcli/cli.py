@@ -7,21 +7,22 @@ runs on a device without PyTorch and `fgcli --help` is instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from typer.exceptions import TyperException
 
-from fgcli.console import make_console
-from fgcli.errors import (EXTRA_OF_MODULE, INTERRUPTED_EXIT_CODE, FgcliError, Interrupted, MissingDependencyError,
-                          missing_module_of)
+from fgcli.console import make_console, styled
+from fgcli.errors import (EXTRA_OF_MODULE, INTERRUPTED_EXIT_CODE, TERMINATED_EXIT_CODE, FgcliError, Interrupted,
+                          MissingDependencyError, Terminated, missing_module_of)
 
 app = typer.Typer(
     help="Fine-grained visual classification: train, evaluate, export, quantize and deploy.",
@@ -66,16 +67,16 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     if code == INTERRUPTED_EXIT_CODE:
-        err_console.print("[yellow]interrupted[/] (Ctrl-C)", highlight=False)
+        err_console.print(styled("[yellow]interrupted[/] (Ctrl-C)"), highlight=False)
     sys.exit(code if isinstance(code, int) else 0)
 
 
 def _exit_with(exc: FgcliError) -> None:
     """Print an FgcliError (message, then hint) and exit with its status."""
     label = "[yellow]interrupted:[/]" if isinstance(exc, Interrupted) else "[bold red]error:[/]"
-    err_console.print(f"{label} {escape(exc.message)}", highlight=False)
+    err_console.print(styled(label + " {}", exc.message), highlight=False)
     if exc.hint:
-        err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
+        err_console.print(styled("[yellow]hint:[/] {}", exc.hint), highlight=False)
     sys.exit(exc.exit_code)
 
 
@@ -83,8 +84,8 @@ def _progress() -> Progress:
     """A progress display on stderr. Not on a terminal, rich draws it once, when it stops: one line per
     stage, never a redraw per step in a log."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
         console=err_console, transient=False,
     )
 
@@ -105,8 +106,8 @@ def _status(description: str) -> Iterator[Callable[[str], None]]:
         err_console.print(description, markup=False, highlight=False)
         yield lambda message: err_console.print(message, markup=False, highlight=False)
         return
-    with err_console.status(description) as status:
-        yield status.update
+    with err_console.status(Text(description)) as status:  # a spinner reads a str as markup
+        yield lambda message: status.update(Text(message))
 
 
 # --------------------------------------------------------------------------- data
@@ -124,8 +125,8 @@ def data_synth(
     with _task("generating", classes * per_class) as advance:
         summary = generate_synthetic(out, num_classes=classes, per_class=per_class, seed=seed,
                                      test_fraction=test_fraction, progress=advance)
-    console.print(f"wrote {summary.num_images} images of {summary.num_classes} classes to [bold]{out}[/] "
-                  f"({summary.num_train} train / {summary.num_test} test)")
+    console.print(styled("wrote {} images of {} classes to [bold]{}[/] ({} train / {} test)", summary.num_images,
+                         summary.num_classes, out, summary.num_train, summary.num_test))
 
 
 @data_app.command("check")
@@ -163,7 +164,7 @@ def _print_check_report(report) -> None:
     for level, items, style in (("error", report.errors, "red"), ("warning", report.warnings, "yellow"),
                                 ("info", report.infos, "cyan")):
         for item in items:
-            console.print(f"[{style}]{level}:[/] {escape(item)}", highlight=False, soft_wrap=True)
+            console.print(styled(f"[{style}]{level}:[/] {{}}", item), highlight=False)
     console.print(f"{len(report.errors)} errors, {len(report.warnings)} warnings")
 
 
@@ -223,14 +224,17 @@ def train(
         "model_kwargs": {"attention_backbone": attention_backbone} if attention_backbone else None,
         "tensorboard": tensorboard or None, "tensorboard_every": tensorboard_every,
         "qat": qat or None, "qat_calib_size": qat_calib_size,
-    })
+    }, note=_note if os.environ.get("RANK", "0") == "0" else lambda message: None)  # DDP: rank 0 speaks
     run_training(cfg)
+
+
+def _note(message: str) -> None:
+    """One line on stderr: something fgcli did that the user did not ask for (message: text, never markup)."""
+    err_console.print(styled("[yellow]note:[/] {}", message), highlight=False)
 
 
 def run_training(cfg):
     """Train with a rich progress display on rank 0; returns the TrainResult, raises Interrupted on Ctrl-C."""
-    import os
-
     from fgcli.engine.train import train as train_loop
 
     from fgcli.data import describe_layout
@@ -238,9 +242,8 @@ def run_training(cfg):
     is_main = os.environ.get("RANK", "0") == "0"
     if is_main:
         console.print(describe_layout(cfg.data, cfg.layout), highlight=False)
-    if is_main and not cfg.pretrained and not cfg.weights:
-        err_console.print("[yellow]note:[/] training from scratch; FGVC methods expect ImageNet weights "
-                          "(--pretrained, or --weights FILE offline)")
+    if is_main and not cfg.pretrained and not cfg.weights and not cfg.resume:
+        _note("training from scratch; FGVC methods expect ImageNet weights (--pretrained, or --weights FILE offline)")
     hook = _TrainDisplay() if is_main else None
     try:
         result = train_loop(cfg, hook)
@@ -249,19 +252,21 @@ def run_training(cfg):
             hook.close()
     if is_main:
         if result.bad_images:
-            console.print(f"[yellow]skipped {len(result.bad_images)} unreadable images:[/]")
+            console.print(styled("[yellow]skipped {} unreadable images:[/]", len(result.bad_images)))
             for path in result.bad_images:
-                console.print(f"  {escape(path)}", highlight=False)
+                console.print(f"  {path}", highlight=False)
         if not result.interrupted:
-            console.print(f"best top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}: "
-                          f"[bold]{result.out_dir / 'best.pt'}[/]")
+            console.print(styled(f"best top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}: [bold]{{}}[/]",
+                                 result.out_dir / "best.pt"))
+    code = TERMINATED_EXIT_CODE if result.terminated else INTERRUPTED_EXIT_CODE
     if result.interrupted and not is_main:  # rank 0 says what was saved
-        raise typer.Exit(INTERRUPTED_EXIT_CODE)
+        raise typer.Exit(code)
     if result.interrupted:
         last = result.out_dir / "last.pt"
-        raise Interrupted(f"weights so far in {result.out_dir / 'interrupted.pt'}",
+        raise Interrupted(("SIGTERM: " if result.terminated else "") +
+                          f"weights so far in {result.out_dir / 'interrupted.pt'}",
                           hint=f"--resume continues from {last}" if last.is_file()
-                          else "no epoch finished: train again to start over")
+                          else "no epoch finished: the same command starts a new run there", exit_code=code)
     return result
 
 
@@ -275,7 +280,7 @@ class _TrainDisplay:
 
     def __call__(self, event: str, payload: dict) -> None:
         if event == "note":
-            err_console.print(f"[yellow]note:[/] {escape(payload['message'])}", highlight=False)
+            _note(payload["message"])
         elif event == "epoch_start":
             self._reset(f"epoch {payload['epoch'] + 1}/{payload['epochs']}", payload["steps"])
         elif event == "step" and not payload:  # between the loop's read-backs of its figures
@@ -337,8 +342,8 @@ def evaluate(
         table.add_row(name, "-" if acc != acc else f"{acc:.3f}")
     console.print(table)
     for path, reason in result.bad_images.items():
-        console.print(f"[yellow]unreadable:[/] {escape(reason)}", highlight=False)
-    console.print(f"top-1 [bold]{result.top1:.4f}[/]  top-5 [bold]{result.top5:.4f}[/]")
+        console.print(styled("[yellow]unreadable:[/] {}", reason), highlight=False)
+    console.print(styled(f"top-1 [bold]{result.top1:.4f}[/]  top-5 [bold]{result.top5:.4f}[/]"))
 
 
 @app.command()
@@ -357,36 +362,45 @@ def predict(
     """
     from fgcli.engine.predict import find_images, iter_predictions, predictions_json, write_predictions_csv
     from fgcli.runtime import open_runner
-    from fgcli.utils import sigint_deferred
+    from fgcli.utils import check_output_file, sigint_deferred
 
-    paths = find_images(folder)
+    check_output_file(out)
+    skipped: list[str] = []
+    paths = find_images(folder, skipped)
+    if skipped:
+        named = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        _note(f"skipped {len(skipped)} files under {folder} that are not images PIL reads here: {named}")
     if not paths:
-        raise FgcliError(f"no images found under {folder}", hint="supported: .jpg .jpeg .png .bmp .gif .tif .webp")
+        raise FgcliError(f"no images found under {folder}", hint="supported: .jpg .jpeg .png .bmp .gif .tif .webp, "
+                         "and any other format PIL identifies")
     predictions = []
     with open_runner(str(model), device=device) as runner:
         k = min(topk, len(runner.class_names))
         if k < topk:
-            err_console.print(f"[yellow]note:[/] --topk {topk} is more than the {k} classes of {escape(str(model))}: "
-                              f"each row lists all {k}", highlight=False)
+            _note(f"--topk {topk} is more than the {k} classes of {model}: each row lists all {k}")
         try:
             with sigint_deferred() as interrupt, _task(f"predicting ({runner.name})", len(paths)) as advance:
                 for batch in iter_predictions(runner, paths, topk=k, batch_size=batch_size, progress=advance):
                     predictions.extend(batch)
                     interrupt.check()  # Ctrl-C takes effect here, between batches
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+            terminated = isinstance(stop, Terminated)
+            code, by = (TERMINATED_EXIT_CODE, "SIGTERM ") if terminated else (INTERRUPTED_EXIT_CODE, "")
             if not predictions:
-                raise Interrupted(f"after 0 of {len(paths)} images; nothing written (no {out})") from None
+                raise Interrupted(f"{by}after 0 of {len(paths)} images; nothing written (no {out})",
+                                  exit_code=code) from None
             write_predictions_csv(out, predictions, k)
-            raise Interrupted(f"after {len(predictions)} of {len(paths)} images; their rows are in {out}",
-                              hint="run it again for every image") from None
+            raise Interrupted(f"{by}after {len(predictions)} of {len(paths)} images; their rows are in {out}",
+                              hint="run it again for every image", exit_code=code) from None
     write_predictions_csv(out, predictions, k)
     failed = [p for p in predictions if p.error]
     if json_out:
         print(predictions_json(predictions))
     else:
-        console.print(f"{len(predictions) - len(failed)} images classified, {len(failed)} unreadable: [bold]{out}[/]")
+        console.print(styled(f"{len(predictions) - len(failed)} images classified, {len(failed)} unreadable: "
+                             "[bold]{}[/]", out))
         for p in failed:
-            console.print(f"[yellow]unreadable:[/] {escape(p.error)}", highlight=False)
+            console.print(styled("[yellow]unreadable:[/] {}", p.error), highlight=False)
 
 
 def _parse_batch(text: str) -> tuple[int, int, int]:
@@ -476,7 +490,7 @@ def _print_export_summary(summary) -> None:
         if "auto_precision" in info:
             _print_precision_steps(key, info["auto_precision"])
     for note in summary.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        console.print(styled("[yellow]note:[/] {}", note), highlight=False)
 
 
 def _print_precision_steps(key: str, choice: dict) -> None:
@@ -487,7 +501,7 @@ def _print_precision_steps(key: str, choice: dict) -> None:
     if choice["min_speedup"] is not None:
         target += f", CPU speed-up >= {choice['min_speedup']}x"
     # a line of text, not the table's title: rich wraps a title to the table's width, and logs keep it whole
-    console.print(escape(f"{key}: nodes kept in float until {target}" + ("" if choice["met"] else " (not met)")),
+    console.print(f"{key}: nodes kept in float until {target}" + ("" if choice["met"] else " (not met)"),
                   highlight=False)
     table = Table()
     for column in ("float nodes", "added", "agreement", "top-1", "KL", "CPU ms (batch 1)", "vs FP32"):
@@ -526,8 +540,8 @@ def build(
                             workspace_gib=workspace, timing_cache=timing_cache, dla_core=dla_core,
                             calib_cache=calib_cache, calib_data=calib_data, verbose=verbose, backend=backend)
     library = "TensorRT-RTX" if info.sidecar["backend"] == "tensorrt-rtx" else "TensorRT"
-    console.print(f"{info.precision} engine ({info.build_path}, {library} {info.tensorrt_version}, "
-                  f"{info.build_seconds:.0f} s): [bold]{info.engine_path}[/] + {info.sidecar_path.name}")
+    console.print(styled("{} engine ({}, {} {}, {} s): [bold]{}[/] + {}", info.precision, info.build_path, library,
+                         info.tensorrt_version, f"{info.build_seconds:.0f}", info.engine_path, info.sidecar_path.name))
 
 
 @app.command()
@@ -542,7 +556,9 @@ def calib(
     """Write the INT8 calibration set calib.npz (for fgcli build --int8 --calib-data on the target)."""
     from fgcli.calibration.dataset import build_calibration_set
     from fgcli.runtime import open_runner
+    from fgcli.utils import check_output_file
 
+    check_output_file(out)
     with open_runner(str(model), device="cpu") as runner:
         preprocess = runner.preprocess
     with _progress() as progress:
@@ -551,8 +567,8 @@ def calib(
                                             progress=lambda done, total: progress.update(task, completed=done, total=total))
     path = calibration.save(out)
     for note in calibration.warnings:
-        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
-    console.print(f"{len(calibration)} images: [bold]{path}[/]")
+        console.print(styled("[yellow]warning:[/] {}", note), highlight=False)
+    console.print(styled(f"{len(calibration)} images: [bold]{{}}[/]", path))
 
 
 @app.command()
@@ -580,7 +596,7 @@ def sensitivity(
                                        progress=lambda name, total: progress.update(task, advance=1, total=total,
                                                                                     info=name))
     _print_sensitivity(result, top)
-    console.print(f"[bold]{files['json']}[/], [bold]{files['png']}[/]")
+    console.print(styled("[bold]{}[/], [bold]{}[/]", files["json"], files["png"]))
 
 
 def _print_sensitivity(result, top: int) -> None:
@@ -684,17 +700,18 @@ def _report(source: Path, data: Path, out_dir: Path, **options) -> dict:
     from fgcli.report.render import rich_report_table
 
     require_matplotlib()  # fail now, not after minutes of measuring
-    hooks = ReportHooks(step=lambda message: console.print(f"[dim]{escape(message)}[/]", highlight=False),
+    hooks = ReportHooks(step=lambda message: console.print(styled("[dim]{}[/]", message), highlight=False),
                         task=_task, planned=_print_variant_plan)
     result = build_report(source, data, out_dir, hooks=hooks, **options)
     paths = write_report(result, out_dir)
     console.print(rich_report_table(result))
     skipped = [variant["name"] for variant in result["variants"] if not variant["available"]]
     if skipped:  # the reasons were in the plan above and are in report.md
-        console.print(f"[yellow]not run here:[/] {', '.join(skipped)} (reasons in report.md)", highlight=False)
+        console.print(styled("[yellow]not run here:[/] {} (reasons in report.md)", ", ".join(skipped)),
+                      highlight=False)
     drawn = f", {result['attention']['png']}" if result["attention"] else ""
-    console.print(f"reference {result['reference']}; wrote [bold]{paths['md']}[/], {paths['json'].name}, "
-                  f"{paths['png'].name}{drawn}")
+    console.print(styled("reference {}; wrote [bold]{}[/], {}, {}{}", result["reference"], paths["md"],
+                         paths["json"].name, paths["png"].name, drawn))
     return result
 
 
@@ -703,7 +720,7 @@ def _print_variant_plan(variants) -> None:
     for column in ("variant", "file", "runs here"):
         table.add_column(column)
     for v in variants:
-        table.add_row(v.name, v.path.name if v.path else "-", "yes" if v.available else f"no: {escape(v.reason)}")
+        table.add_row(v.name, v.path.name if v.path else "-", "yes" if v.available else f"no: {v.reason}")
     console.print(table)
 
 
@@ -715,8 +732,8 @@ def _compare_reports(paths: list[Path], out_dir: Path) -> None:
     written = write_comparison(comparison, out_dir)
     console.print(rich_comparison_table(comparison))
     for note in comparison["notes"]:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    console.print(f"wrote [bold]{written['md']}[/], {written['json'].name}, {written['png'].name}")
+        console.print(styled("[yellow]note:[/] {}", note), highlight=False)
+    console.print(styled("wrote [bold]{}[/], {}, {}", written["md"], written["json"].name, written["png"].name))
 
 
 @app.command()
@@ -749,7 +766,7 @@ def bench(
     batches = sweep_batches(max_batch)
     runners, refused = open_bench_runners(source, formats, device)
     for name, reason in refused:
-        console.print(f"[yellow]not run here:[/] {name}: {escape(reason)}", highlight=False)
+        console.print(styled("[yellow]not run here:[/] {}: {}", name, reason), highlight=False)
     try:
         with _task("throughput by batch size", bench_calls(batches, iterations)) as advance:
             sweeps = run_sweep(runners, batches, iterations, warmup, progress=advance)
@@ -758,14 +775,15 @@ def bench(
         for runner in runners.values():
             runner.close()
     limit = bench_limit(sweeps, counted_model(source, onnx), peak_tflops,
-                        lambda message: console.print(f"[dim]{escape(message)}[/]", highlight=False))
+                        lambda message: console.print(styled("[dim]{}[/]", message), highlight=False))
     record = bench_record(source, device, sweeps, refused, batches, img_size, iterations, limit)
     paths = write_bench(record, out or source.parent / "bench")
     console.print(rich_table("images/s by batch size (* the knee)", *bench_table(record)))
     for sweep in sweeps:
         if sweep.stopped:
-            console.print(f"[yellow]{sweep.name}:[/] {escape(sweep.stopped)}", highlight=False)
-    console.print(f"wrote [bold]{paths['md']}[/], {paths['json'].name}, {paths['png'].name}")
+            console.print(styled("[yellow]{}:[/] {}", sweep.name, sweep.stopped), highlight=False)
+    console.print(styled("wrote [bold]{}[/], {}, {}", paths["md"], paths["json"].name, paths["png"].name),
+                  highlight=False)
 
 
 @app.command()
@@ -785,17 +803,17 @@ def demo(
         ensure_synthetic(data, DEMO_CLASSES, DEMO_PER_CLASS, progress=advance)
     reports = []
     for name in methods:
-        console.rule(f"[bold]{name}")
+        console.rule(Text(name, style="bold"))
         cfg = demo_config(name, data, out, epochs=epochs, seed=seed)
         run_training(cfg)  # Ctrl-C raises Interrupted: it stops the demo, not only the epoch
         report_dir = Path(cfg.out) / "report"
         _report(Path(cfg.out) / "best.pt", data, report_dir, **DEMO_REPORT_OPTIONS)
         reports.append(report_dir / "report.json")
     if len(reports) > 1:
-        console.rule("[bold]all methods")
+        console.rule(Text("all methods", style="bold"))
         _compare_reports(reports, out)
-    console.print(f"outputs: dataset [bold]{data}[/], runs under [bold]{out / 'runs'}[/] (best.pt, metrics.jsonl, "
-                  "report/report.md, report.json, report.png, report/export/model*.onnx)")
+    console.print(styled("outputs: dataset [bold]{}[/], runs under [bold]{}[/] (best.pt, metrics.jsonl, "
+                         "report/report.md, report.json, report.png, report/export/model*.onnx)", data, out / "runs"))
 
 
 @app.command("cam")
@@ -824,13 +842,13 @@ def cam(
     with _task("drawing attention maps", len(paths)) as advance:
         result = write_cam_figures(checkpoint, paths, out_dir, top_k=top_k, device=device, progress=advance)
     if top_k > result.num_classes:
-        err_console.print(f"[yellow]note:[/] --top-k {top_k} is more than the {result.num_classes} classes of "
-                          f"{escape(str(checkpoint))}: each caption lists all {result.num_classes}", highlight=False)
+        _note(f"--top-k {top_k} is more than the {result.num_classes} classes of {checkpoint}: each caption lists "
+              f"all {result.num_classes}")
     if result.grid:
-        console.print(f"{len(result.figures)} figures in [bold]{out_dir}[/] (one per image), "
-                      f"all images in [bold]{result.grid}[/]")
+        console.print(styled(f"{len(result.figures)} figures in [bold]{{}}[/] (one per image), all images in "
+                             "[bold]{}[/]", out_dir, result.grid))
     for reason in result.failed.values():
-        console.print(f"[yellow]unreadable:[/] {escape(reason)}", highlight=False)
+        console.print(styled("[yellow]unreadable:[/] {}", reason), highlight=False)
     if result.failed:
         raise typer.Exit(1)
 

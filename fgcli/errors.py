@@ -100,9 +100,22 @@ class MissingDependencyError(FgcliError):
 
 #: the exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)
 INTERRUPTED_EXIT_CODE = 130
+#: the exit status of a training stopped by SIGTERM (128 + SIGTERM: docker stop, Slurm preemption, timeout)
+TERMINATED_EXIT_CODE = 143
 
 
 class Interrupted(FgcliError):
-    """Ctrl-C stopped a command; the message says what was kept (a partial CSV, interrupted.pt)."""
+    """Ctrl-C (or SIGTERM, ``exit_code`` 143) stopped a command; the message says what was kept (a partial CSV,
+    interrupted.pt)."""
 
     exit_code = INTERRUPTED_EXIT_CODE
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = INTERRUPTED_EXIT_CODE):
+        super().__init__(message, hint)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, Slurm preemption, timeout), raised where Ctrl-C's KeyboardInterrupt would be: a
+    command keeps what it has, as for Ctrl-C, and exits with TERMINATED_EXIT_CODE. Schedulers send it and wait
+    before they kill."""

@@ -111,10 +111,11 @@ def test_data_check_json_is_valid_json_on_stdout_with_progress_on_stderr(bad_dat
 
 # --------------------------------------------------------------------------- Ctrl-C
 def _run_and_interrupt(args: list, ready: re.Pattern, log: Path, second_after: float | None = None,
-                       timeout: float = 240) -> tuple[int, str]:
+                       timeout: float = 240, sig: int = signal.SIGINT, group: bool = False) -> tuple[int, str]:
     """Run the console script with stderr on a pseudo-terminal (so rich draws its live progress, as for a user
-    at a terminal), send SIGINT once the output matches ``ready`` (and again ``second_after`` s later), and
-    return (exit status, everything printed, escape codes removed)."""
+    at a terminal), send ``sig`` (Ctrl-C's SIGINT) once the output matches ``ready`` (and again ``second_after``
+    s later), to its whole process group with ``group`` (as Slurm does), and return (exit status, everything
+    printed, escape codes removed)."""
     master, slave = pty.openpty()
     import fcntl
     import termios
@@ -122,7 +123,8 @@ def _run_and_interrupt(args: list, ready: re.Pattern, log: Path, second_after: f
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
     with log.open("w") as stdout:
         proc = subprocess.Popen([fgcli_script(), *map(str, args)], stdout=stdout, stderr=slave,
-                                stdin=subprocess.DEVNULL, env=fgcli_env())
+                                stdin=subprocess.DEVNULL, env=fgcli_env(), start_new_session=group)
+    send = (lambda: os.killpg(proc.pid, sig)) if group else (lambda: proc.send_signal(sig))
     os.close(slave)
     seen, sent, deadline = b"", False, time.monotonic() + timeout
     try:
@@ -139,10 +141,10 @@ def _run_and_interrupt(args: list, ready: re.Pattern, log: Path, second_after: f
             elif proc.poll() is not None:
                 break
             if not sent and ready.search(_plain(seen)):
-                proc.send_signal(signal.SIGINT)
+                send()
                 if second_after is not None:
                     time.sleep(second_after)
-                    proc.send_signal(signal.SIGINT)
+                    send()
                 sent = True
         code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
@@ -193,6 +195,25 @@ def test_double_ctrl_c_during_training_exits_130_with_interrupted_pt(tiny_datase
     state = torch.load(out / "interrupted.pt", weights_only=True)
     assert state["metrics"]["interrupted_in_epoch"] >= 2
     assert str(out / "interrupted.pt") in output and "--resume" in output
+    assert not (out / ".fgcli.lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_exits_143_with_interrupted_pt(tiny_dataset, tmp_path):
+    """docker stop, Slurm preemption and timeout send SIGTERM (twice here: a second one during the save must
+    not cut interrupted.pt short; to the process group, as Slurm does, so the DataLoader workers die too: their
+    deaths made torch.save of interrupted.pt fail); the partial epoch is kept as Ctrl-C keeps it."""
+    import torch
+
+    out = tmp_path / "run"
+    code, output = _run_and_interrupt(
+        ["train", "--data", tiny_dataset, "--out", out, "--backbone", "resnet18", "--img-size", "32",
+         "--resize-size", "36", "--epochs", "500", "--batch-size", "8", "--workers", "2", "--device", "cpu"],
+        re.compile(rb"epoch 2/500"), tmp_path / "stdout.log", second_after=0.02, sig=signal.SIGTERM, group=True)
+    assert code == 143, output[-3000:]
+    state = torch.load(out / "interrupted.pt", weights_only=True)
+    assert state["metrics"]["interrupted_in_epoch"] >= 2
+    assert f"SIGTERM: weights so far in {out / 'interrupted.pt'}" in output and "--resume" in output
     assert not (out / ".fgcli.lock").exists()
 
 

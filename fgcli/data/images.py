@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fgcli.errors import DataError
+
+# PIL warns (on stderr, between progress lines) about a header above MAX_IMAGE_PIXELS and decodes it anyway;
+# as an error it is caught by ``open_image`` and becomes the image's reason, like PIL's DecompressionBombError.
+# A process-wide filter: ``warnings.catch_warnings`` is not thread-safe, and images load in threads.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 #: refused before decoding: a longer side this many times the shorter one is no photo, and resizing its
 #: shorter side to the model's resolution would ask for gigabytes (a 20000000x1 PNG is 2.5 KB)
@@ -16,6 +22,48 @@ _TOO_MANY_PIXELS = "more than the {:,} pixels fgcli decodes (PIL's decompression
 BAD_IMAGE_HINT = "re-download or remove the file (fgcli data check lists every bad file), or pass --skip-bad"
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+#: files with these suffixes are taken as images without a look inside; any other file only if PIL identifies it
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def find_image_files(folder: str | os.PathLike, skipped: list[str] | None = None) -> list[str]:
+    """Every image file under ``folder``, recursively, in no set order; symlinked folders are followed, each real
+    folder searched once (a symlink loop ends there).
+
+    An image is a file with an image suffix, or one whose header PIL identifies (``.jfif``, ``.avif``, a JPEG
+    without an extension); every other file is appended to ``skipped`` (sorted), so the caller can say what it
+    left out. Before, such files and symlinked folders were left out without a word."""
+    found, searched = [], set()
+    for root, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in searched:
+            subfolders[:] = []
+            continue
+        searched.add(real)
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES or _pil_identifies(path):
+                found.append(path)
+            elif skipped is not None:
+                skipped.append(path)
+    if skipped is not None:
+        skipped.sort()
+    return found
+
+
+def _pil_identifies(path: str) -> bool:
+    """Whether PIL recognises the file's header as an image (reads a few bytes, decodes nothing)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression-bomb header: still an image, refused when loaded
+            with Image.open(path):
+                return True
+    except Image.DecompressionBombError:
+        return True
+    except Exception:  # not an image PIL reads (PIL raises assorted errors on foreign files)
+        return False
 
 
 class BadImageError(DataError):

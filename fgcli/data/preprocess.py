@@ -38,13 +38,23 @@ class PreprocessConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PreprocessConfig":
+    def from_dict(cls, values: dict[str, Any], source: object = "") -> "PreprocessConfig":
+        """The settings stored in a checkpoint, ONNX metadata, engine sidecar or calibration set (``source``,
+        named in errors)."""
+        hint = "the checkpoint or model was not written by fgcli; re-export it"
+        where = f"{source}: " if source else ""
         missing = [key for key in ("img_size", "resize_size", "mean", "std") if key not in values]
         if missing:
-            raise FgcliError(f"preprocessing settings lack {', '.join(missing)} (got {sorted(values)})",
-                             hint="the checkpoint or model was not written by fgcli; re-export it")
-        return cls(int(values["img_size"]), int(values["resize_size"]),
-                   tuple(float(v) for v in values["mean"]), tuple(float(v) for v in values["std"]))
+            raise FgcliError(f"{where}preprocessing settings lack {', '.join(missing)} (got {sorted(values)})",
+                             hint=hint)
+        try:
+            return cls(int(values["img_size"]), int(values["resize_size"]),
+                       tuple(float(v) for v in values["mean"]), tuple(float(v) for v in values["std"]))
+        except (TypeError, ValueError) as exc:  # before: a traceback for a mean of "x"
+            raise FgcliError(f"{where}stored preprocessing settings {values} are not numbers ({exc})",
+                             hint=hint) from None
+        except FgcliError as exc:  # its own hint names command-line options, which made no stored file
+            raise FgcliError(f"{where}stored preprocessing settings are invalid: {exc.message}", hint=hint) from None
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from fgcli.errors import FgcliError
-from fgcli.utils import write_json_atomic, write_text_atomic
+from fgcli.utils import make_output_folder, write_json_atomic, write_text_atomic
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "Red": (215, 35, 35),
@@ -367,7 +367,7 @@ def _prepare_output(out: Path) -> None:
             (out / name).unlink(missing_ok=True)
         if (out / "images").exists():
             shutil.rmtree(out / "images")
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
 
 
 def generate_synthetic(out: str | Path, num_classes: int = 10, per_class: int = 40, seed: int = 0,

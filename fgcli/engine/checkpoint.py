@@ -65,6 +65,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise FgcliError(f"{path} is not an fgcli checkpoint (missing: {', '.join(missing)})", hint=CHECKPOINT_HINT)
+    names = ckpt["class_names"]
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise FgcliError(f"{path}: class_names is {type(names).__name__} {names!r:.80}, not a list of names",
+                         hint=CHECKPOINT_HINT)
     if len(ckpt["class_names"]) != ckpt["num_classes"]:
         raise FgcliError(f"{path} lists {len(ckpt['class_names'])} class names for {ckpt['num_classes']} classes",
                          hint=CHECKPOINT_HINT)

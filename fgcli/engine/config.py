@@ -2,7 +2,8 @@
 
 Precedence (lowest to highest): ``TrainConfig`` defaults, the recipe (``--recipe paper|small``,
 from ``fgcli/recipes/<method>.json``), for ``--qat`` the settings of the run it fine-tunes
-(``fgcli.engine.qat.qat_defaults``), then every option given explicitly on the command line.
+(``fgcli.engine.qat.qat_defaults``), for ``--resume`` the settings in the run's config.json, then every option
+given explicitly on the command line (a resume that changes one says so in a note).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from fgcli.errors import FgcliError
+from fgcli.utils import read_json_object
 
 #: every backbone halves the image five times: a smaller input leaves nothing for the attention maps
 BACKBONE_STRIDE = 32
@@ -138,8 +141,9 @@ def load_recipe(method: str, name: str) -> dict[str, Any]:
     return dict(recipes[name])
 
 
-def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the recipe named in ``overrides['recipe']``, then the explicit overrides (None = not given)."""
+def resolve_config(overrides: dict[str, Any], note: Callable[[str], None] = lambda message: None) -> TrainConfig:
+    """Defaults, then the recipe named in ``overrides['recipe']``, then (``resume``) the run's config.json, then
+    the explicit overrides (None = not given); ``note(message)`` hears of each setting a resume changes."""
     given = {k: v for k, v in overrides.items() if v is not None}
     values: dict[str, Any] = {}
     if given.get("recipe"):
@@ -148,7 +152,53 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
         from fgcli.engine.qat import qat_defaults
 
         values.update(qat_defaults(given["weights"]))
+    if given.get("resume"):
+        values.update(_resumed_settings(Path(given.get("out", TrainConfig.out)), given, note))
     values.update(given)
     config = TrainConfig.from_dict(values)
     config.validate()
     return config
+
+
+#: settings that say where and how this process runs, not what the run trains: never taken from config.json
+_NOT_RESUMED = ("out", "resume", "overwrite")
+#: settings a resume may change without a note (how this process runs; the QAT calibration happened already)
+_CHANGED_QUIETLY = ("workers", "device", "skip_bad", "tensorboard", "tensorboard_every", "qat_calib_size")
+_OPTION_OF = {"layout": "--dataset", "model_kwargs": "--attention-backbone", "amp": "--amp/--no-amp",
+              "pretrained": "--pretrained/--no-pretrained"}
+
+
+def _resumed_settings(out: Path, given: dict[str, Any], note: Callable[[str], None]) -> dict[str, Any]:
+    """The settings of the run in ``out`` (its config.json), which a resume keeps unless an option is given again.
+
+    Before, a resume took every option not repeated from the defaults (a ``--recipe small`` run came back at
+    448 px) and used a changed ``--lr`` or ``--img-size`` without a word. The command line still wins (a lower
+    ``--lr`` after a divergence is what the divergence hint asks for), with one note per changed setting."""
+    path = out / "config.json"
+    if not path.is_file():  # nothing to continue: the Trainer says so (no last.pt)
+        return {}
+    hint = "restore it, or delete it and give every option of the run again with --resume"
+    recorded = read_json_object(path, hint=hint)
+    defaults = TrainConfig().to_dict()
+    settings = {k: v for k, v in recorded.items() if k in defaults and k not in _NOT_RESUMED}
+    for key, value in settings.items():
+        if not _same_kind(value, defaults[key]):
+            raise FgcliError(f"--resume: {path} says {key} is {value!r}, where fgcli writes a "
+                             f"value of type {type(defaults[key]).__name__}", hint=hint)
+    for key, value in given.items():
+        if key in settings and key not in _NOT_RESUMED + _CHANGED_QUIETLY and settings[key] != value:
+            option = _OPTION_OF.get(key, "--" + key.replace("_", "-"))
+            note(f"{option} {value} differs from the {settings[key]} this run was started with ({path}): the resumed "
+                 f"epochs use {value}, and config.json now records it")
+    return settings
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether a value read from config.json has the JSON kind of the setting's default (a None default: any)."""
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))

@@ -11,12 +11,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from fgcli.data.images import find_image_files
 from fgcli.engine.batches import iter_image_batches
 from fgcli.engine.metrics import softmax
 from fgcli.errors import FgcliError
 from fgcli.utils import write_text_atomic
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_TOPK = 5
 
 
@@ -28,14 +28,15 @@ class Prediction:
     error: str = ""
 
 
-def find_images(folder: str | Path) -> list[str]:
-    """Every file with an image suffix under ``folder``, recursively, sorted."""
+def find_images(folder: str | Path, skipped: list[str] | None = None) -> list[str]:
+    """``folder`` itself when it is a file, else every image file under it (``find_image_files``), sorted;
+    the other files go to ``skipped``, so the caller can say what it left out."""
     folder = Path(folder)
     if folder.is_file():
         return [str(folder)]
     if not folder.is_dir():
         raise FgcliError(f"{folder} is neither a folder nor a file", hint="pass a folder of images")
-    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(find_image_files(folder, skipped))
 
 
 def resolve_topk(topk: int | None, class_names: list[str]) -> int:

@@ -38,7 +38,7 @@ from fgcli.engine.config import TrainConfig
 from fgcli.engine.metrics import ClassificationMetrics
 from fgcli.engine.run_folder import RUN_FILES, check_run_folder, run_lock
 from fgcli.engine.tensorboard import PREVIEW_IMAGES, TensorBoardLogger
-from fgcli.errors import DataError, FgcliError
+from fgcli.errors import TERMINATED_EXIT_CODE, DataError, FgcliError, Interrupted, Terminated
 from fgcli.models import create_model
 from fgcli.runtime.torch_runner import resolve_torch_device
 from fgcli.utils import atomic_path, write_json_atomic
@@ -69,6 +69,7 @@ class TrainResult:
     epochs_run: int
     bad_images: list[str]
     interrupted: bool = False
+    terminated: bool = False  # interrupted by SIGTERM, not Ctrl-C
 
 
 def seed_everything(seed: int) -> None:
@@ -160,6 +161,7 @@ class Trainer:
         )
         self.start_epoch = 0
         self.best_top1 = -1.0
+        self.last_top1 = 0.0  # of the last finished epoch (a resumed run's: its last.pt's)
         self.preview_images: torch.Tensor | None = None  # the first validation images, for attention maps
         self.ddp_model = self.model
         if resume_ckpt is not None:
@@ -282,7 +284,10 @@ class Trainer:
     def _read_resume_checkpoint(self) -> dict[str, Any]:
         path = self.out / "last.pt"
         if not path.is_file():
-            raise FgcliError(f"--resume given but {path} does not exist", hint="drop --resume to start a new run")
+            held = [name for name in RUN_FILES if (self.out / name).exists()]
+            raise FgcliError(f"--resume: {path} does not exist, so no epoch of a run in {self.out} finished "
+                             f"(it holds {', '.join(held) or 'no run files'})",
+                             hint="drop --resume: a new run starts there, and nothing in that folder is lost")
         ckpt = load_checkpoint(path)
         from fgcli.engine.qat import is_qat_checkpoint
 
@@ -319,6 +324,8 @@ class Trainer:
         _restore_rng(ckpt["rng"])
         self.start_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt.get("best_top1", -1.0))
+        self.last_top1 = float((ckpt.get("metrics") or {}).get("val_top1", 0.0))
+        _metrics_before(self.out / "metrics.jsonl", self.start_epoch + 1)  # a damaged line: said now, not in an hour
         self.bad_images.update({p: "skipped before resume" for p in ckpt.get("bad_images", [])})
 
     # -- loop -----------------------------------------------------------------
@@ -411,8 +418,11 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if not replaces_old_run:
                 write_json_atomic(self.out / "config.json", cfg.to_dict())
-        last_top1 = 0.0
+        last_top1 = self.last_top1
         epoch = self.start_epoch
+        if self.start_epoch >= cfg.epochs:  # before, this printed "last 0.0000" and nothing else
+            self.hook("note", {"message": f"the run in {self.out} already finished its {self.start_epoch} epochs: "
+                                          "nothing to train (a larger --epochs continues it)"})
         board = None
         if cfg.tensorboard and self.dist.is_main:
             board = TensorBoardLogger(self.out, cfg.mean, cfg.std, cfg.tensorboard_every)
@@ -444,13 +454,19 @@ class Trainer:
                         (self.out / "interrupted.pt").unlink(missing_ok=True)  # the old run's
                     self.hook("epoch_end", record)
                 dist_utils.barrier(self.dist)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception) as stop:  # Ctrl-C, or SIGTERM (Terminated)
+            terminated = isinstance(stop, Terminated) or _SIGTERM_RECEIVED.is_set()
+            if not isinstance(stop, KeyboardInterrupt) and not terminated:
+                raise
+            # after a SIGTERM, an error is its doing (a DataLoader worker it killed, a Terminated a library
+            # turned into another exception): the partial epoch is kept all the same
             if self.dist.is_main:
-                with _sigint_ignored():  # a second Ctrl-C must not cut interrupted.pt short
+                with _stop_signals_ignored():  # a second Ctrl-C or SIGTERM must not cut interrupted.pt short
                     save_checkpoint(self.out / "interrupted.pt",
                                     self._state(epoch, {"interrupted_in_epoch": epoch + 1}))
                 self.hook("interrupted", {"epoch": epoch + 1, "out": str(self.out)})
-            return TrainResult(self.out, self.best_top1, last_top1, epoch - self.start_epoch, sorted(self.bad_images), True)
+            return TrainResult(self.out, self.best_top1, last_top1, epoch - self.start_epoch, sorted(self.bad_images),
+                               True, terminated)
         finally:
             if board is not None:
                 board.close()
@@ -462,11 +478,31 @@ class Trainer:
     def _append_metrics(self, record: dict[str, Any]) -> None:
         """Append one line; rewritten atomically so a killed run never leaves half a line."""
         path = self.out / "metrics.jsonl"
-        previous = path.read_text() if path.exists() else ""
-        lines = [ln for ln in previous.splitlines() if ln and json.loads(ln)["epoch"] < record["epoch"]]
+        lines = _metrics_before(path, record["epoch"])
         lines.append(json.dumps(record))
         with atomic_path(path) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
+
+
+def _metrics_before(path: Path, epoch: int) -> list[str]:
+    """The lines of RUN/metrics.jsonl for the epochs before ``epoch`` (none before the first); a line that is not
+    an epoch's record is an error naming it (before: a JSONDecodeError traceback after a whole resumed epoch)."""
+    if epoch <= 1 or not path.exists():
+        return []
+    hint = "fix or delete that line (each line is one epoch's JSON record)"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise FgcliError(f"cannot read {path}: {exc}", hint=hint) from None
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            if line.strip() and int(json.loads(line)["epoch"]) < epoch:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise FgcliError(f"{path}:{number} is not an epoch record of fgcli train ({type(exc).__name__}: {exc})",
+                             hint=hint) from None
+    return kept
 
 
 def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
@@ -475,13 +511,22 @@ def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
     A RUN holding a run is refused unless ``cfg.resume`` or ``cfg.overwrite``; RUN/.fgcli.lock keeps a
     second run out while this one trains (see fgcli.engine.run_folder).
     """
-    if os.environ.get("RANK", "0") != "0":  # DDP: rank 0 holds the lock and decides for the folder
-        check_run_folder(cfg.out, cfg.resume, cfg.overwrite)
-        return Trainer(cfg, hook).fit()
-    note = (lambda message: hook("note", {"message": message})) if hook else (lambda message: None)
-    with run_lock(cfg.out, note):
-        check_run_folder(cfg.out, cfg.resume, cfg.overwrite)
-        return Trainer(cfg, hook).fit()
+    try:
+        with _sigterm_interrupts():
+            if os.environ.get("RANK", "0") != "0":  # DDP: rank 0 holds the lock and decides for the folder
+                check_run_folder(cfg.out, cfg.resume, cfg.overwrite)
+                return Trainer(cfg, hook).fit()
+            note = (lambda message: hook("note", {"message": message})) if hook else (lambda message: None)
+            with run_lock(cfg.out, note):
+                check_run_folder(cfg.out, cfg.resume, cfg.overwrite, note)
+                return Trainer(cfg, hook).fit()
+    except Terminated:  # before the first epoch began (fit() keeps a partial epoch in interrupted.pt)
+        raise Interrupted(f"SIGTERM before the first epoch into {cfg.out} began; no weights were saved",
+                          exit_code=TERMINATED_EXIT_CODE) from None
+
+
+#: set by the first SIGTERM of a training run
+_SIGTERM_RECEIVED = threading.Event()
 
 
 class _EpochTally:
@@ -517,16 +562,46 @@ class _EpochTally:
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C for the block (in the main thread, where Python handles signals)."""
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block the first SIGTERM raises Terminated, later ones are ignored: the run is stopping
+    already (in the main thread, where Python handles signals)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def stop(signum, frame) -> None:
+        if _SIGTERM_RECEIVED.is_set():
+            return
+        _SIGTERM_RECEIVED.set()
+        if hasattr(signal, "SIGCHLD"):  # the process ends: PyTorch need not raise for the workers SIGTERM killed
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        raise Terminated
+
+    _SIGTERM_RECEIVED.clear()
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous)
+        _SIGTERM_RECEIVED.clear()
+
+
+@contextmanager
+def _stop_signals_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM for the block (in the main thread, where Python handles signals), and the
+    deaths of DataLoader workers: a scheduler's SIGTERM to the whole process group (Slurm) kills them too, and
+    PyTorch's SIGCHLD handler then raised "DataLoader worker ... is killed" inside torch.save of interrupted.pt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGCHLD"):  # POSIX; SIG_DFL, not SIG_IGN, which would stop children being waited for
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _restore_rng(state: dict) -> None:

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from fgcli.errors import FgcliError
-from fgcli.utils import atomic_path, write_text_atomic
+from fgcli.utils import atomic_path, make_output_folder, write_text_atomic
 
 #: ONNX TensorProto element type -> Triton data type
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32", 7: "TYPE_INT64", 3: "TYPE_INT8",
@@ -71,7 +71,7 @@ def write_triton_repository(
     platform, model_file = ("tensorrt_plan", "model.plan") if engine_path else ("onnxruntime_onnx", "model.onnx")
     folder = Path(repo) / name
     version = folder / "1"
-    version.mkdir(parents=True, exist_ok=True)
+    make_output_folder(version)
     with atomic_path(version / model_file) as tmp:
         shutil.copyfile(engine_path or onnx_path, tmp)
     write_text_atomic(folder / LABELS_FILE, "".join(f"{c}\n" for c in meta["class_names"]))

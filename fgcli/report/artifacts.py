@@ -12,14 +12,13 @@ version and GPU, with a batch profile large enough for the report.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 from fgcli.errors import FgcliError
 from fgcli.report.variants import ENGINE_SOURCES, ONNX_FILES, QAT_VARIANT, TENSORRT, Variant
 from fgcli.runtime.base import parse_device
-from fgcli.utils import sha256_file, write_json_atomic
+from fgcli.utils import read_json_object, sha256_file, write_json_atomic
 
 SOURCE_RECORD = "source.json"
 #: files built from model.onnx: stale as soon as model.onnx is rewritten
@@ -207,7 +206,4 @@ def _read_json(path: Path) -> dict[str, Any]:
     """``{}`` for a missing file; an unreadable one is an error naming it (it would otherwise look stale)."""
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FgcliError(f"cannot read {path}: {exc}", hint=f"delete {path}; the report writes it again") from exc
+    return read_json_object(path, hint=f"delete {path}; the report writes it again")

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from rich.text import Text
+
+from fgcli.console import styled
+
 NOT_INSTALLED = "not installed"
 NOT_JETSON = "n/a (not a Jetson)"
 UNKNOWN = "unknown"
@@ -364,15 +368,13 @@ def parse_needed(need: str) -> list[str]:
     return names
 
 
-def feature_lines(checks: list[FeatureCheck]) -> list[str]:
-    """One line per feature (and a fix line under one that is not ready), rich markup escaped."""
-    from rich.markup import escape
-
+def feature_lines(checks: list[FeatureCheck]) -> list[Text]:
+    """One line per feature (and a fix line under one that is not ready); the checks' texts print as text."""
     lines = []
     for check in checks:
         if check.ready:
-            lines.append(f"[green]ready[/]      {check.name:<12} {escape(check.label)}")
+            lines.append(styled(f"[green]ready[/]      {check.name:<12} {{}}", check.label))
         else:
-            lines.append(f"[red]not ready[/]  {check.name:<12} {escape(check.problem or '')}")
-            lines.append(f"{'':<24} fix: {escape(check.fix or '')}")
+            lines.append(styled(f"[red]not ready[/]  {check.name:<12} {{}}", check.problem or ""))
+            lines.append(styled(f"{'':<24} fix: {{}}", check.fix or ""))
     return lines

@@ -150,7 +150,8 @@ class OnnxRunner(Runner):
         active = self._session.get_providers()[0]
         meta = decode_fgcli_metadata(self._session.get_modelmeta().custom_metadata_map, self.path)
         super().__init__(name=f"onnxruntime:{active}", class_names=meta["class_names"],
-                         preprocess=PreprocessConfig.from_dict(meta["preprocess"]), precision=meta["precision"])
+                         preprocess=PreprocessConfig.from_dict(meta["preprocess"], self.path),
+                         precision=meta["precision"])
         self.metadata = meta
         self._device = "cpu" if active == CPU else f"cuda:{parse_device(device, allowed=ORT_DEVICES)[1]}"
         model_input = self._session.get_inputs()[0]

@@ -24,7 +24,6 @@ each call returns ``(cudaError_t, value...)``. PyTorch with CUDA is the fallback
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 from fgcli.data.preprocess import PreprocessConfig
 from fgcli.errors import FgcliError, MissingDependencyError
 from fgcli.runtime.base import Runner
+from fgcli.utils import read_json_object
 
 MIN_TENSORRT = (8, 6)
 REBUILD_HINT = "rebuild the engine on this machine: fgcli build {onnx} --precision {precision}"
@@ -248,17 +248,23 @@ def read_sidecar(engine_path: str | Path) -> dict:
     """The builder's ``<engine>.json``: without it the class names and preprocessing are unknown."""
     path = sidecar_path(engine_path)
     try:
-        sidecar = json.loads(path.read_text(encoding="utf-8"))
+        sidecar = read_json_object(path, hint="rebuild the engine with `fgcli build`")
     except FileNotFoundError:
         raise FgcliError(
             f"{path} is missing: it describes {Path(engine_path).name} (class names, preprocessing, TensorRT "
             "version).", hint="build engines with `fgcli build model.onnx`, which writes both files",
         ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FgcliError(f"cannot read {path}: {exc}", hint="rebuild the engine with `fgcli build`") from exc
     missing = {"tensorrt_version", "gpu", "precision", "onnx", "fgcli"} - sidecar.keys()
     if missing:
         raise FgcliError(f"{path} lacks {sorted(missing)}", hint="rebuild the engine with `fgcli build`")
+    not_objects = [key for key in ("gpu", "onnx", "fgcli") if not isinstance(sidecar[key], dict)]
+    if not_objects:
+        raise FgcliError(f"{path}: {', '.join(not_objects)} should each be a JSON object",
+                         hint="rebuild the engine with `fgcli build`")
+    missing = {"class_names", "preprocess"} - sidecar["fgcli"].keys()
+    if missing:
+        raise FgcliError(f"{path} lacks fgcli.{', fgcli.'.join(sorted(missing))}",
+                         hint="rebuild the engine with `fgcli build`")
     return sidecar
 
 
@@ -358,7 +364,8 @@ class TensorRTRunner(Runner):
         meta = self.sidecar["fgcli"]
         super().__init__(
             name=f"tensorrt:{self._device_label(device)}", class_names=list(meta["class_names"]),
-            preprocess=PreprocessConfig.from_dict(meta["preprocess"]), precision=self.sidecar["precision"],
+            preprocess=PreprocessConfig.from_dict(meta["preprocess"], self.engine_path),
+            precision=self.sidecar["precision"],
         )
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

@@ -73,7 +73,8 @@ class TorchRunner(Runner):
         self._forward = torch.compile(self.model) if mode.startswith("compiled") else self.model
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}  # input shape -> (graph, input, output)
         super().__init__(name=f"torch:{self.device}" + ("" if mode == "eager" else f":{mode}"),
-                         class_names=ckpt["class_names"], preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
+                         class_names=ckpt["class_names"],
+                         preprocess=PreprocessConfig.from_dict(ckpt["preprocess"], source),
                          precision=precision)
         if mode != "eager" or precision != "fp32":
             self._first_call()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fgcli.data.images import IMAGE_SUFFIXES, find_image_files
 from fgcli.data.index import DatasetSplit, Sample, require_samples
 from fgcli.errors import DataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_DIRS = ("train", "val", "test", "trainval")
 WRAPPER_DEPTH = 2
 FLAT_TREE_NOTE = "no train/val/test folders: every split is the whole tree"
@@ -68,12 +68,16 @@ def load_folder(root: str | Path, split: str = "train") -> DatasetSplit:
         note = FLAT_TREE_NOTE
     if not names:
         raise DataError(f"{images} has no class folders", hint="lay images out as ROOT/<class>/*.jpg")
+    skipped: list[str] = []
     samples = [
-        Sample(str(path), label)
+        Sample(path, label)
         for label, name in enumerate(names) if (images / name).is_dir()
-        for path in sorted((images / name).rglob("*"))
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        for path in sorted(find_image_files(images / name, skipped), key=Path)
     ]
+    if skipped:
+        named = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        note = "; ".join(filter(None, [note, f"{len(skipped)} files that are not images PIL reads are left out: "
+                                             f"{named}"]))
     suffixes = " ".join(sorted(IMAGE_SUFFIXES))
     return require_samples(DatasetSplit(base, "folder", split, names, samples, note),
                            f"no image files ({suffixes}) in the class folders under {images}")
