@@ -94,6 +94,17 @@ def test_trainer_workers_persist_with_prefetch(tiny_dataset, tmp_path):
     assert trainer.precision == "off" and trainer.autocast_dtype is None and not trainer.scaler.is_enabled()
 
 
+def test_fit_ends_its_persistent_workers(tiny_dataset, tmp_path):
+    """Left to the garbage collector, each worker was joined with a 5 s time-out: 80 s lost after every fit
+    with 8 workers on the H200, at whatever point the collector ran (inside the next method's fit, once)."""
+    import multiprocessing
+
+    trainer = Trainer(tiny_train_config(tiny_dataset, tmp_path / "run", workers=2, epochs=1))
+    trainer.fit()
+    assert trainer.train_loader._iterator is None and trainer.val_loader._iterator is None
+    assert multiprocessing.active_children() == []
+
+
 def test_precision_resolves_per_device_and_reads_old_checkpoints(monkeypatch):
     assert resolve_precision("auto", CPU) == "off"  # what fgcli always did on the CPU
     assert resolve_precision("bf16", CPU) == "bf16" and resolve_precision("fp16", CPU) == "fp16"
