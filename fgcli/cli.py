@@ -569,17 +569,19 @@ def sensitivity(
     Ranked by KL(FP32 || INT8) on the validation images; writes sensitivity.json and sensitivity.png.
     `fgcli export --int8 --target-agreement 0.99` uses the same measurement to choose the nodes it keeps in float.
     """
-    from fgcli.calibration.sensitivity import sensitivity_of
+    from fgcli.export.pipeline import sensitivity_of
+    from fgcli.report.plots import SENSITIVITY_PNG, plot_sensitivity
 
     out_dir = out or (model.parent if model.is_file() else model) / "sensitivity"
     with _progress() as progress:
         task = progress.add_task("INT8 per node (2 models each)", total=None, info="")
-        result, files = sensitivity_of(model, data, out_dir, backend=backend, calib_size=calib_size,
-                                       val_size=val_size, top=top,
+        result, record = sensitivity_of(model, data, out_dir, backend=backend, calib_size=calib_size,
+                                        val_size=val_size,
                                        progress=lambda name, total: progress.update(task, advance=1, total=total,
                                                                                     info=name))
     _print_sensitivity(result, top)
-    console.print(f"[bold]{files['json']}[/], [bold]{files['png']}[/]")
+    png = plot_sensitivity(result.to_dict(), out_dir / SENSITIVITY_PNG, top=top)
+    console.print(f"[bold]{record}[/], [bold]{png}[/]")
 
 
 def _print_sensitivity(result, top: int) -> None:

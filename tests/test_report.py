@@ -21,7 +21,7 @@ from fgcli.errors import FgcliError
 from fgcli.report import SCHEMA, VARIANT_NAMES, ReportHooks, build_report, write_report
 from fgcli.report.core import agreement, worst_classes
 from fgcli.report.variants import AUTO_VARIANTS, QAT_VARIANT
-from fgcli.report.timing import time_interleaved, timed_calls
+from fgcli.runtime.timing import time_interleaved, timed_calls
 from fgcli.runtime.doctor import LABELS
 
 FAST = {"batch_sizes": (1, 2), "iterations": 2, "warmup": 1, "calib_size": 24}

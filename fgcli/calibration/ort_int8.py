@@ -18,7 +18,7 @@ from pathlib import Path
 from fgcli.calibration import QuantResult, calibration_input, finish_quantization, float_nodes
 from fgcli.calibration.dataset import CalibrationSet
 from fgcli.errors import FgcliError
-from fgcli.export.onnx import load_onnx
+from fgcli.runtime.onnx_meta import load_onnx
 from fgcli.utils import optional_import
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")

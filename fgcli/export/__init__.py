@@ -3,6 +3,6 @@
 Importing this package imports neither torch nor onnx; each export step imports what it needs.
 """
 
-from fgcli.export.onnx import ExportResult, Parity, export_fp16, export_onnx, read_onnx_metadata
+from fgcli.export.onnx import ExportResult, Parity, export_fp16, export_onnx
 
-__all__ = ["ExportResult", "Parity", "export_fp16", "export_onnx", "read_onnx_metadata"]
+__all__ = ["ExportResult", "Parity", "export_fp16", "export_onnx"]

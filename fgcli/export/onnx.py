@@ -12,7 +12,7 @@ import io
 import os
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +21,9 @@ import numpy as np
 import fgcli
 from fgcli.data.preprocess import PreprocessConfig
 from fgcli.errors import FgcliError, MissingDependencyError
-from fgcli.runtime.onnx_runner import decode_fgcli_metadata, encode_fgcli_metadata
+from fgcli.runtime.onnx_meta import load_onnx, onnx_metadata, set_onnx_metadata
+from fgcli.runtime.comparator import Comparison, compare_logits, logit_tolerance, within_tolerance
+from fgcli.runtime.onnx_runner import onnxruntime_logits
 from fgcli.utils import atomic_path, optional_import
 
 MIN_OPSET = 17  # adds LayerNormalization; the newest opset TensorRT 8.6's ONNX parser accepts
@@ -49,18 +51,28 @@ QAT_ONNX = "model.qat.onnx"
 
 @dataclass(frozen=True)
 class Parity:
-    """How closely an exported model reproduces its reference on ``n_images`` images."""
+    """The export check of one file: how closely it reproduces its reference, and the tolerance it met."""
 
-    max_abs_diff: float
-    top1_agreement: float  # fraction of images with the same arg-max class
-    n_images: int
+    comparison: Comparison
     tolerance: float
-    rms_diff: float = 0.0  # RMS logit difference
     metric: str = "max"  # which difference the tolerance bounds: "max" (FP32, FP16) or "rms" (QAT Q/DQ)
 
     @property
-    def difference(self) -> float:
-        return self.rms_diff if self.metric == "rms" else self.max_abs_diff
+    def max_abs_diff(self) -> float:
+        return self.comparison.max_abs_diff
+
+    @property
+    def top1_agreement(self) -> float:
+        return self.comparison.agreement
+
+    @property
+    def n_images(self) -> int:
+        return self.comparison.n_images
+
+    def to_dict(self) -> dict[str, Any]:
+        """export.json's parity fields."""
+        return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement, "n_images": self.n_images,
+                "tolerance": self.tolerance, "rms_diff": self.comparison.logit_rmse, "metric": self.metric}
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,7 @@ class ExportResult:
     parity: Parity
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "opset": self.opset, "img_size": self.img_size, **asdict(self.parity)}
+        return {"path": str(self.path), "opset": self.opset, "img_size": self.img_size, **self.parity.to_dict()}
 
 
 # --------------------------------------------------------------------------- entry points
@@ -203,7 +215,7 @@ def export_fp16(
     onnx_path = Path(onnx_path)
     out_path = Path(out_path) if out_path is not None else onnx_path.with_name("model.fp16.onnx")
     proto = load_onnx(onnx_path)
-    meta = decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, onnx_path)
+    meta = onnx_metadata(proto, onnx_path)
     if meta["precision"] != "fp32":
         raise FgcliError(f"{onnx_path} is already {meta['precision']}", hint="convert the FP32 model.onnx")
     proto = convert_to_fp16(proto, keep_io_fp32)
@@ -232,24 +244,6 @@ def convert_to_fp16(proto, keep_io_fp32: bool):
     model.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=keep_io_fp32)
     model.topological_sort()
     return model.model
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Decoded fgcli metadata of an ONNX file: class_names, preprocess, method, backbone, precision, version."""
-    proto = load_onnx(path, load_external_data=False)
-    return decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, path)
-
-
-def load_onnx(path: str | os.PathLike, load_external_data: bool = True):
-    """onnx.load with errors that name the file."""
-    onnx = optional_import("onnx", "onnx", "Reading ONNX models")
-    path = Path(path)
-    if not path.is_file():
-        raise FgcliError(f"ONNX model not found: {path}", hint="`fgcli export CHECKPOINT` writes DIR/model.onnx")
-    try:
-        return onnx.load(str(path), load_external_data=load_external_data)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise FgcliError(f"cannot read {path} as ONNX: {exc}", hint="re-export it with `fgcli export`") from exc
 
 
 # --------------------------------------------------------------------------- steps
@@ -355,15 +349,6 @@ def simplify_onnx(proto):
     return onnxslim.slim(proto)
 
 
-def set_onnx_metadata(proto, meta: dict[str, Any]) -> None:
-    """Replace the model's ``fgcli.*`` metadata_props with ``meta`` (decoded form); other props are kept."""
-    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("fgcli.")]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *encode_fgcli_metadata(meta).items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
 def check_onnx(proto, what: str) -> None:
     """onnx.checker with shape inference; a failure is a bug in the model or the exporter, so say so."""
     onnx = optional_import("onnx", "onnx", "ONNX validation")
@@ -371,12 +356,7 @@ def check_onnx(proto, what: str) -> None:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise FgcliError(f"{what} is not a valid ONNX model: {exc}",
-                         hint="try --no-simplify or another --opset, and report the method that fails") from exc
-
-
-def logit_tolerance(reference: np.ndarray, atol: float, rtol: float) -> float:
-    """``atol``, or ``rtol`` of the largest reference |logit| when that is larger: rounding grows with the logits."""
-    return max(atol, rtol * float(np.abs(reference).max()))
+                         hint="try another --opset, and report the method that fails") from exc
 
 
 def save_checked_onnx(proto, path: Path, images: np.ndarray, reference: np.ndarray, tolerance: float,
@@ -387,7 +367,7 @@ def save_checked_onnx(proto, path: Path, images: np.ndarray, reference: np.ndarr
     onnx = optional_import("onnx", "onnx", "ONNX export")
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
-        parity = compare_logits(reference, onnxruntime_logits(tmp, images), tolerance, metric)
+        parity = Parity(compare_logits(reference, onnxruntime_logits(tmp, images)), tolerance, metric)
         require_parity(parity, path, reference_name, strict_top1)
     return parity
 
@@ -443,36 +423,13 @@ def torch_logits(model, images: np.ndarray) -> np.ndarray:
         return np.concatenate([model(torch.from_numpy(batch)).float().numpy() for batch in _batches(images)])
 
 
-def onnxruntime_logits(path: Path, images: np.ndarray) -> np.ndarray:
-    """Logits from ONNX Runtime on CPU: the reference platform for parity (same kernels everywhere)."""
-    from fgcli.runtime.onnx_runner import OnnxRunner
-
-    with OnnxRunner(path, device="cpu") as runner:
-        return np.concatenate([runner.run(batch) for batch in _batches(images)])
-
-
-def compare_logits(reference: np.ndarray, candidate: np.ndarray, tolerance: float, metric: str = "max") -> Parity:
-    if reference.shape != candidate.shape:
-        raise FgcliError(f"logits shapes differ: reference {reference.shape}, exported {candidate.shape}")
-    difference = reference.astype(np.float64) - candidate
-    return Parity(
-        max_abs_diff=float(np.abs(difference).max()),
-        top1_agreement=float((reference.argmax(1) == candidate.argmax(1)).mean()),
-        n_images=len(reference), tolerance=float(tolerance), rms_diff=float(np.sqrt(np.mean(difference ** 2))),
-        metric=metric,
-    )
-
-
 def require_parity(parity: Parity, path: Path, reference_name: str, strict_top1: bool) -> None:
     """Raise when ``path`` drifted from its reference."""
-    bad_diff = not parity.difference <= parity.tolerance  # NaN fails too
-    bad_top1 = strict_top1 and parity.top1_agreement < 1.0
-    if bad_diff or bad_top1:
+    if not within_tolerance(parity.comparison, parity.tolerance, parity.metric, strict_top1):
         raise FgcliError(
             f"{path} does not match {reference_name}: {'RMS' if parity.metric == 'rms' else 'max'} |logit diff| "
-            f"{parity.difference:.3g} (allowed {parity.tolerance:.3g}; max {parity.max_abs_diff:.3g}), top-1 "
-            f"agreement {parity.top1_agreement:.1%} on "
-            f"{parity.n_images} images",
-            hint="re-export with --no-simplify or another --opset; if it persists, the model uses an op the "
+            f"{parity.comparison.difference(parity.metric):.3g} (allowed {parity.tolerance:.3g}; max "
+            f"{parity.max_abs_diff:.3g}), top-1 agreement {parity.top1_agreement:.1%} on {parity.n_images} images",
+            hint="re-export with another --opset; if it persists, the model uses an op the "
                  "exporter translates wrongly: report it with the method and backbone",
         )

@@ -10,12 +10,30 @@ everything it needs to run ``fgcli build`` on the target.
 
 from __future__ import annotations
 
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from fgcli.calibration.dataset import build_calibration_set
+from fgcli.calibration.modelopt_ptq import quantize_modelopt
+from fgcli.calibration.ort_int8 import quantize_ort
+from fgcli.calibration.int8_builder import Int8Builder, best_calibration, check_backend
+from fgcli.calibration.mixed_precision import check_targets, choose_float_nodes
+from fgcli.calibration.sensitivity import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VALIDATION_SIZE, SensitivityResult,
+                                           calibration_and_validation, check_validation, measure_sensitivity,
+                                           validation_subset, write_sensitivity)
+from fgcli.data import dataset_splits, detect_layout, load_split
+from fgcli.data.preprocess import PreprocessConfig
+from fgcli.engine.qat import is_qat_checkpoint
 from fgcli.errors import FgcliError, MissingDependencyError
+from fgcli.export.deepstream import preprocess_to_nvinfer, write_deepstream_config
+from fgcli.export.onnx import (check_images_from_split, denormalize, export_fp16, export_onnx,
+                               export_preprocess)
+from fgcli.export.tensorrt import build_engine
+from fgcli.export.triton import write_triton_repository
+from fgcli.runtime.onnx_meta import read_onnx_metadata, update_onnx_metadata
 from fgcli.utils import write_json_atomic
 
 INT8_BACKENDS = ("modelopt", "ort", "both")
@@ -68,9 +86,8 @@ class ExportSummary:
 
 def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str], None] | None = None) -> ExportSummary:
     """Write the requested artifacts into ``opts.out_dir`` and ``export.json`` describing them."""
-    from fgcli.engine.checkpoint import load_checkpoint
-    from fgcli.engine.qat import is_qat_checkpoint
-    from fgcli.export.onnx import export_fp16, export_onnx
+
+    from fgcli.engine.checkpoint import load_checkpoint  # imports torch: the ONNX-only install never exports
 
     step = step or (lambda message: None)
     if opts.int8_backend not in INT8_BACKENDS:
@@ -89,8 +106,6 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
         raise FgcliError("--auto-calib chooses the calibration of the mixed-precision model",
                          hint="add --target-agreement or --max-drop")
     if opts.auto_precision:
-        from fgcli.calibration.sensitivity import check_targets
-
         check_targets(opts.target_agreement, opts.max_drop, opts.min_speedup)
         if not opts.int8:
             raise FgcliError("--target-agreement / --max-drop choose INT8's float nodes", hint="add --int8")
@@ -101,8 +116,6 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
     if qat:
         _check_qat_options(checkpoint, opts)
     if opts.deepstream and not opts.embed_preprocess:
-        from fgcli.export.deepstream import preprocess_to_nvinfer
-
         preprocess_to_nvinfer(ckpt["preprocess"])  # refuses a per-channel std before any export work
 
     step("exporting ONNX")
@@ -112,8 +125,6 @@ def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str]
     summary.artifacts[QAT_ARTIFACT if qat else "onnx-fp32"] = _describe(onnx_result)
     onnx_path = onnx_result[0].path
     if opts.embed_preprocess and check_images is not None:  # later checks feed the graph its 0..255 input
-        from fgcli.export.onnx import denormalize, export_preprocess
-
         check_images = denormalize(check_images, export_preprocess(ckpt, opts.img_size))
     if opts.fp16:
         step("converting to FP16")
@@ -154,8 +165,6 @@ def _primary_onnx(summary: ExportSummary) -> Path:
 def _write_serving_configs(summary: ExportSummary, opts: ExportOptions, step) -> None:
     """DeepStream's nvinfer config and / or a Triton model repository for the deployed model: the engine when
     one was built, else the ONNX TensorRT would build it from (Q/DQ INT8, else FP16, else FP32)."""
-    from fgcli.export.onnx import read_onnx_metadata
-
     engine = next((info for key, info in summary.artifacts.items() if key.startswith("engine-")), None)
     if opts.deepstream_calib_cache:  # implicit INT8: TensorRT calibrates the float32 graph itself
         onnx_path, precision = Path(summary.artifacts["onnx-fp32"]["path"]), "int8"
@@ -163,8 +172,6 @@ def _write_serving_configs(summary: ExportSummary, opts: ExportOptions, step) ->
         onnx_path = _engine_source(summary)
         precision = read_onnx_metadata(onnx_path)["precision"]
     if opts.deepstream:
-        from fgcli.export.deepstream import write_deepstream_config
-
         step("writing the DeepStream nvinfer config")
         files = write_deepstream_config(
             onnx_path, engine_path=engine["path"] if engine else None, precision=precision,
@@ -173,8 +180,6 @@ def _write_serving_configs(summary: ExportSummary, opts: ExportOptions, step) ->
         summary.artifacts["deepstream"] = {"path": str(files.config), "labels": str(files.labels),
                                            "precision": precision}
     if opts.triton_repo:
-        from fgcli.export.triton import write_triton_repository
-
         step(f"writing the Triton model repository {opts.triton_repo}")
         served_onnx = onnx_path if engine else _primary_onnx(summary)  # ORT serves FP32 (or the QAT Q/DQ model)
         config = write_triton_repository(opts.triton_repo, served_onnx, engine_path=engine["path"] if engine else None,
@@ -187,9 +192,6 @@ def _check_images(ckpt: dict, opts: ExportOptions):
     data = opts.check_data or opts.calib_data
     if not data:
         return None
-    from fgcli.data import dataset_splits, detect_layout, load_split
-    from fgcli.export.onnx import check_images_from_split, export_preprocess
-
     preprocess = export_preprocess(ckpt, opts.img_size)
     splits = dataset_splits(data, detect_layout(data))
     split = load_split(data, "test") if "test" in splits else None
@@ -199,10 +201,6 @@ def _check_images(ckpt: dict, opts: ExportOptions):
 
 
 def _quantize(onnx_path: Path, opts: ExportOptions, summary: ExportSummary, step) -> None:
-    from fgcli.calibration.dataset import build_calibration_set
-    from fgcli.export.onnx import read_onnx_metadata
-    from fgcli.data.preprocess import PreprocessConfig
-
     step(f"building the calibration set ({opts.calib_size} images)")
     preprocess = PreprocessConfig.from_dict(read_onnx_metadata(onnx_path)["preprocess"])
     calib = build_calibration_set(opts.calib_data or opts.check_data, preprocess, size=opts.calib_size)
@@ -211,15 +209,11 @@ def _quantize(onnx_path: Path, opts: ExportOptions, summary: ExportSummary, step
                                         "skipped": [p for p, _ in calib.skipped]}
     summary.notes.extend(calib.warnings)
     if opts.int8_backend in ("modelopt", "both"):
-        from fgcli.calibration.modelopt_ptq import quantize_modelopt
-
         step("quantizing with modelopt (Q/DQ for TensorRT)")
         result = quantize_modelopt(onnx_path, calib, onnx_path.with_name("model.int8.onnx"),
                                    calib_method=opts.calib_method, fp16=opts.fp16, device=opts.device)
         summary.artifacts["onnx-int8-modelopt"] = result.to_dict()
     if opts.int8_backend in ("ort", "both"):
-        from fgcli.calibration.ort_int8 import quantize_ort
-
         step("quantizing with ONNX Runtime (CPU / ARM INT8)")
         method = {"max": "minmax"}.get(opts.calib_method, opts.calib_method)
         result = quantize_ort(onnx_path, calib, onnx_path.with_name("model.ort-int8.onnx"), calib_method=method)
@@ -237,13 +231,6 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
     """Per backend: measure every node's INT8 sensitivity on a validation subset disjoint from ``calib``, then
     keep the most sensitive in float one at a time until the target is met; record the choice in export.json
     and in the model's metadata."""
-    import tempfile
-
-    from dataclasses import asdict
-
-    from fgcli.calibration.sensitivity import (Int8Builder, best_calibration, check_validation, choose_float_nodes,
-                                               measure_sensitivity, validation_subset)
-
     validation = validation_subset(opts.check_data or opts.calib_data, calib.preprocess, size=opts.val_size)
     check_validation(validation.images, calib, validation.paths)
     auto_backend = opts.auto_backend or opts.int8_backend
@@ -275,7 +262,7 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
                 step_done=lambda s: step(f"{backend} mixed precision: {len(s.float_nodes)} float nodes, agreement "
                                          f"{s.error.agreement:.1%}, CPU {s.speedup:.2f}x FP32"
                                          + (" (too slow: back to INT8)" if s.too_slow else "")))
-        update_metadata(result.output_path, auto_float_nodes=choice.chosen.float_nodes,
+        update_onnx_metadata(result.output_path, auto_float_nodes=choice.chosen.float_nodes,
                         target_agreement=choice.target_agreement, max_drop=choice.max_drop,
                         min_speedup=choice.min_speedup, auto_agreement=choice.chosen.error.agreement)
         chosen.extend(choice.chosen.float_nodes)
@@ -293,23 +280,7 @@ def _auto_precision(onnx_path: Path, calib, opts: ExportOptions, summary: Export
                                  f"{choice.chosen.error.agreement:.1%} (lower the target, or fine-tune)")
     # the FP32 model carries the choice too, so quantizing it again (fgcli export, quantize_ort / _modelopt)
     # keeps those nodes float without measuring again
-    update_metadata(onnx_path, auto_float_nodes=list(dict.fromkeys(chosen)))
-
-
-def update_metadata(path: Path, **values) -> None:
-    """Set fgcli metadata ``values`` of the ONNX at ``path`` in place (atomically): here the measured float
-    nodes, the target and the agreement reached, where ``float_nodes`` and ``fgcli build`` find them."""
-    from fgcli.export.onnx import load_onnx, set_onnx_metadata
-    from fgcli.runtime.onnx_runner import decode_fgcli_metadata
-    from fgcli.utils import atomic_path
-    import onnx
-
-    proto = load_onnx(path)
-    meta = decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, path)
-    meta.update(values)
-    set_onnx_metadata(proto, meta)
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
+    update_onnx_metadata(onnx_path, auto_float_nodes=list(dict.fromkeys(chosen)))
 
 
 def _engine_source(summary: ExportSummary) -> Path:
@@ -327,8 +298,6 @@ def _engine_source(summary: ExportSummary) -> Path:
 
 def _build_engines(summary: ExportSummary, opts: ExportOptions, step) -> None:
     """Build the engine; without TensorRT, say which command to run on the target."""
-    from fgcli.export.tensorrt import build_engine
-
     onnx_path = _engine_source(summary)
     step(f"building a TensorRT engine from {onnx_path.name}")
     try:
@@ -354,3 +323,34 @@ def _timed(fn):
 def _describe(timed) -> dict[str, Any]:
     result, seconds = timed
     return {**result.to_dict(), "seconds": seconds}
+
+
+# --------------------------------------------------------------------------- INT8 sensitivity of a model
+def fp32_onnx_of(model: str | Path, out_dir: str | Path) -> Path:
+    """The FP32 ONNX to measure: ``model`` itself (.onnx), an export folder's model.onnx, or a .pt checkpoint
+    exported (and checked against PyTorch) to ``out_dir``/model.onnx."""
+    model = Path(model)
+    if model.is_file() and model.suffix == ".pt":
+        return export_onnx(model, out_dir).path
+    path = model / "model.onnx" if model.is_dir() else model
+    if not path.is_file():
+        raise FgcliError(f"{model} is neither a .pt checkpoint, an .onnx file nor an export folder with model.onnx",
+                         hint="pass RUN/best.pt or the folder fgcli export wrote")
+    precision = read_onnx_metadata(path)["precision"]
+    if precision != "fp32":
+        raise FgcliError(f"{path} is {precision}; sensitivity quantizes the FP32 model", hint="pass model.onnx")
+    return path
+
+
+def sensitivity_of(model: str | Path, data: str | Path, out_dir: str | Path, backend: str = "ort",
+                   calib_size: int = DEFAULT_CALIBRATION_SIZE, val_size: int = DEFAULT_VALIDATION_SIZE,
+                   progress: Callable[[str, int], None] | None = None) -> tuple[SensitivityResult, Path]:
+    """``measure_sensitivity`` of a checkpoint / export folder / ONNX on ``data``'s splits; writes
+    sensitivity.json into ``out_dir`` and returns its path."""
+    check_backend(backend)
+    onnx_path = fp32_onnx_of(model, out_dir)
+    preprocess = PreprocessConfig.from_dict(read_onnx_metadata(onnx_path)["preprocess"])
+    calib, validation = calibration_and_validation(data, preprocess, calib_size, val_size)
+    result = measure_sensitivity(onnx_path, calib, validation.images, backend=backend, labels=validation.labels,
+                                 progress=progress)
+    return result, write_sensitivity(result, out_dir)

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from fgcli.calibration import QDQ_OP_TYPES
 from fgcli.errors import FgcliError
-from fgcli.runtime.onnx_runner import decode_fgcli_metadata
+from fgcli.runtime.onnx_meta import decode_fgcli_metadata, load_onnx, metadata_props
 from fgcli.runtime.tensorrt_runner import (
     TENSORRT, TENSORRT_RTX, backend_of, cuda_device_info, import_tensorrt, sidecar_path, tensorrt_version,
 )
@@ -95,13 +95,7 @@ def inspect_onnx(onnx_path: str | Path) -> OnnxSummary:
     """Classify the ONNX (Q/DQ, float16 or float32) and collect its fgcli metadata_props."""
     onnx = optional_import("onnx", "onnx", "Reading the ONNX model before building the engine")
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FgcliError(f"{onnx_path} does not exist", hint="export one with `fgcli export CHECKPOINT`")
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises protobuf DecodeError and others for a damaged file
-        raise FgcliError(f"{onnx_path} is not a readable ONNX model: {exc}",
-                         hint="re-export it with `fgcli export CHECKPOINT`") from exc
+    model = load_onnx(onnx_path, load_external_data=False)
     graph = model.graph
     float16 = onnx.TensorProto.FLOAT16
     value_infos = [*graph.input, *graph.output, *graph.value_info]
@@ -111,7 +105,7 @@ def inspect_onnx(onnx_path: str | Path) -> OnnxSummary:
                        for node in graph.node for attr in node.attribute))
     has_qdq = any(node.op_type in QDQ_OP_TYPES for node in graph.node)
     kind = "int8" if has_qdq else "fp16" if has_fp16 else "fp32"
-    props = {p.key: p.value for p in model.metadata_props if p.key.startswith("fgcli.")}
+    props = metadata_props(model, fgcli_only=True)
     return OnnxSummary(kind=kind, metadata_props=props, sha256=sha256_file(onnx_path))
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from fgcli.errors import FgcliError
 from fgcli.report.variants import ENGINE_SOURCES, ONNX_FILES, QAT_VARIANT, TENSORRT, Variant
-from fgcli.runtime.base import parse_device
+from fgcli.devices import parse_device
 from fgcli.utils import sha256_file, write_json_atomic
 
 SOURCE_RECORD = "source.json"

@@ -22,12 +22,13 @@ from fgcli.engine.batches import iter_image_batches
 from fgcli.engine.evaluate import evaluate_runner
 from fgcli.errors import FgcliError
 from fgcli.report.artifacts import attach_onnx_artifact, export_for_report, prepare_engines, read_export_record
-from fgcli.report.timing import throughput_rounds, time_interleaved, timed_calls
+from fgcli.runtime.timing import throughput_rounds, time_interleaved, timed_calls
 from fgcli.report.variants import (
     AUTO_VARIANTS, ONNX_FILES, QAT_VARIANT, REFERENCE_CANDIDATES, TENSORRT, TORCH, Variant, parse_formats,
     plan_variants,
 )
 from fgcli.runtime import open_runner
+from fgcli.runtime.comparator import top1_agreement
 from fgcli.runtime.doctor import collect_environment
 from fgcli.utils import optional_import, write_json_atomic, write_text_atomic
 
@@ -132,7 +133,7 @@ def build_report(
     if target_agreement is None:  # an export folder's auto variants are reported when it has their files
         names = [name for name in names if name not in AUTO_VARIANTS or _in_export_folder(source, name)]
     else:
-        from fgcli.calibration.sensitivity import check_targets
+        from fgcli.calibration.mixed_precision import check_targets
 
         check_targets(target_agreement, max_drop)
     if qat is None:
@@ -358,9 +359,8 @@ def agreement(result, reference) -> float:
     if len(result.predictions) != len(reference.predictions):
         raise FgcliError(f"{result.runner} read {len(result.predictions)} images and {reference.runner} "
                          f"{len(reference.predictions)}: the predictions cannot be compared")
-    ours = np.array(result.class_names)[result.predictions]
-    theirs = np.array(reference.class_names)[reference.predictions]
-    return float(np.mean(ours == theirs))
+    return top1_agreement(np.array(reference.class_names)[reference.predictions],
+                          np.array(result.class_names)[result.predictions])
 
 
 def worst_classes(result, reference, count: int = WORST_CLASSES) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fgcli.errors import FgcliError
-from fgcli.runtime.base import parse_device
+from fgcli.devices import parse_device
 
 TORCH, ONNXRUNTIME, TENSORRT = "torch", "onnxruntime", "tensorrt"
 
