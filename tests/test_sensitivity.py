@@ -284,14 +284,15 @@ def test_export_auto_precision_writes_the_choice_into_export_record_and_metadata
     from fgcli.calibration import AUTO_FLOAT_NODES_KEY, float_nodes
     from fgcli.calibration.ort_int8 import quantize_ort
     from fgcli.runtime.onnx_meta import load_onnx, read_onnx_metadata
-    from fgcli.export.pipeline import ExportOptions, ExportSummary, _auto_precision
+    from fgcli.export.int8 import auto_precision
+    from fgcli.export.options import ExportOptions, ExportSummary
 
     data = write_tiny_folder_dataset(tmp_path / "data", {"train": 4, "test": 8})
     fp32 = _save(_tiny_model(), tmp_path / "export" / "model.onnx")
     opts = ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="both", auto_backend="ort",
                          calib_data=str(data), target_agreement=0.9)
     summary, steps = ExportSummary(fp32.parent), []
-    _auto_precision(fp32, calib, opts, summary, steps.append)
+    auto_precision(fp32, calib, opts, summary, steps.append)
     assert list(summary.artifacts) == ["onnx-int8-ort-auto"]  # the report asks modelopt's plain INT8 only
     info = summary.artifacts["onnx-int8-ort-auto"]
     assert info["auto_precision"]["float_nodes"] == [FRAGILE] and info["auto_precision"]["met"]
@@ -319,7 +320,8 @@ def test_auto_calib_starts_the_loop_from_the_calibration_closest_to_fp32(fragile
     from fgcli.calibration.int8_builder import best_calibration
     from fgcli.runtime.comparator import compare_logits as output_error
     from fgcli.runtime.onnx_runner import onnxruntime_logits as validation_logits
-    from fgcli.export.pipeline import ExportOptions, ExportSummary, _auto_precision
+    from fgcli.export.int8 import auto_precision
+    from fgcli.export.options import ExportOptions, ExportSummary
 
     images = _images(64, 2)
     builder, errors = best_calibration(fragile_onnx, "ort", calib, tmp_path / "work", images)
@@ -335,7 +337,7 @@ def test_auto_calib_starts_the_loop_from_the_calibration_closest_to_fp32(fragile
     opts = ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="ort", calib_data=str(data),
                          target_agreement=0.9, auto_calib=True)
     summary, steps = ExportSummary(fp32.parent), []
-    _auto_precision(fp32, calib, opts, summary, steps.append)
+    auto_precision(fp32, calib, opts, summary, steps.append)
     info = summary.artifacts["onnx-int8-ort-auto"]
     tried = info["calibration_methods"]
     assert tuple(tried) == CALIB_METHODS and info["calib_method"] == max(
@@ -372,7 +374,8 @@ def test_cli_export_rejects_a_target_agreement_above_one(tmp_path):
 
 def test_report_shows_the_auto_variant_and_its_float_nodes_beside_plain_int8(calib, tiny_dataset, tmp_path):
     from fgcli.calibration.ort_int8 import quantize_ort
-    from fgcli.export.pipeline import ExportOptions, ExportSummary, _auto_precision
+    from fgcli.export.int8 import auto_precision
+    from fgcli.export.options import ExportOptions, ExportSummary
     from fgcli.report import build_report
     from fgcli.report.render import main_table
     from fgcli.utils import write_json_atomic
@@ -380,7 +383,7 @@ def test_report_shows_the_auto_variant_and_its_float_nodes_beside_plain_int8(cal
     fp32 = _save(_tiny_model(), tmp_path / "export" / "model.onnx")
     summary = ExportSummary(fp32.parent)
     summary.artifacts["onnx-int8-ort"] = quantize_ort(fp32, calib, fp32.with_name("model.ort-int8.onnx")).to_dict()
-    _auto_precision(fp32, calib, ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="ort",
+    auto_precision(fp32, calib, ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="ort",
                                                calib_data=str(tiny_dataset), target_agreement=0.9),
                     summary, lambda message: None)
     write_json_atomic(fp32.parent / "export.json", summary.to_dict())

@@ -16,7 +16,7 @@ from fgcli.calibration.dataset import CalibrationSet
 from fgcli.calibration.modelopt_ptq import CALIB_METHODS as MODELOPT_METHODS
 from fgcli.calibration.modelopt_ptq import quantize_modelopt
 from fgcli.calibration.ort_int8 import CALIB_METHODS as ORT_METHODS
-from fgcli.calibration.ort_int8 import quantize_ort
+from fgcli.calibration.ort_int8 import ort_calib_method, quantize_ort
 from fgcli.errors import FgcliError
 from fgcli.runtime.comparator import Comparison, compare_logits
 from fgcli.runtime.onnx_meta import load_onnx
@@ -49,8 +49,7 @@ class Int8Builder:
               only: list[str] | None = None) -> QuantResult:
         self.builds += 1
         if self.backend == "ort":
-            method = {"max": "minmax"}.get(self.calib_method, self.calib_method)
-            return quantize_ort(self.onnx_path, self.calib, out_path, calib_method=method,
+            return quantize_ort(self.onnx_path, self.calib, out_path, calib_method=ort_calib_method(self.calib_method),
                                 extra_float_nodes=extra_float, only_nodes=only,
                                 calibration_cache=self.work_dir / "ort-calibration.json")
         return quantize_modelopt(self.onnx_path, self.calib, out_path, calib_method=self.calib_method,

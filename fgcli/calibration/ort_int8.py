@@ -25,6 +25,11 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 PURPOSE = "INT8 quantization with ONNX Runtime"
 
 
+def ort_calib_method(method: str) -> str:
+    """``--calib-method`` in ONNX Runtime's words: modelopt's "max" is its "minmax"."""
+    return {"max": "minmax"}.get(method, method)
+
+
 #: ORT's histogram calibrators stack every batch's activations into one array (``np.asarray`` over the batches),
 #: which fails ("inhomogeneous shape") when the last batch is smaller than the others
 HISTOGRAM_METHODS = ("entropy", "percentile")

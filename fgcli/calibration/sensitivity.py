@@ -31,10 +31,6 @@ from fgcli.runtime.onnx_meta import load_onnx
 from fgcli.runtime.onnx_runner import onnxruntime_logits
 from fgcli.utils import write_json_atomic
 
-#: validation images the INT8 models are compared with FP32 on (``--val-size``)
-DEFAULT_VALIDATION_SIZE = 256
-#: calibration images of ``fgcli sensitivity`` (``--calib-size``)
-DEFAULT_CALIBRATION_SIZE = 256
 #: splits a validation subset is drawn from, best first (calibration always samples the train split)
 VALIDATION_SPLITS = ("val", "test")
 SENSITIVITY_JSON = "sensitivity.json"
@@ -152,7 +148,7 @@ def _op_types(path: Path) -> dict[str, str]:
     return {node.name: node.op_type for node in load_onnx(path).graph.node}
 
 
-def validation_subset(data_root: str | Path, preprocess, size: int = DEFAULT_VALIDATION_SIZE, seed: int = 0,
+def validation_subset(data_root: str | Path, preprocess, size: int, seed: int = 0,
                       layout: str = "auto") -> CalibrationSet:
     """A class-balanced sample of the dataset's val split (else its test split), preprocessed for evaluation."""
     layout = detect_layout(data_root) if layout == "auto" else layout
@@ -166,8 +162,8 @@ def validation_subset(data_root: str | Path, preprocess, size: int = DEFAULT_VAL
         return build_calibration_set(data_root, preprocess, size=size, seed=seed, split=split, layout=layout)
 
 
-def calibration_and_validation(data_root: str | Path, preprocess, calib_size: int = DEFAULT_CALIBRATION_SIZE,
-                               val_size: int = DEFAULT_VALIDATION_SIZE) -> tuple[CalibrationSet, CalibrationSet]:
+def calibration_and_validation(data_root: str | Path, preprocess, calib_size: int,
+                               val_size: int) -> tuple[CalibrationSet, CalibrationSet]:
     """The calibration set (train split) and the validation subset (val / test split), checked disjoint."""
     calib = build_calibration_set(data_root, preprocess, size=calib_size)
     validation = validation_subset(data_root, preprocess, size=val_size)

@@ -21,12 +21,13 @@ import numpy as np
 import fgcli
 from fgcli.data.preprocess import PreprocessConfig
 from fgcli.errors import FgcliError, MissingDependencyError
+from fgcli.export.options import MIN_OPSET
+from fgcli.formats import ONNX_FP16, ONNX_FP32, ONNX_INT8_QAT, file_of
 from fgcli.runtime.onnx_meta import load_onnx, onnx_metadata, set_onnx_metadata
 from fgcli.runtime.comparator import Comparison, compare_logits, logit_tolerance, within_tolerance
 from fgcli.runtime.onnx_runner import onnxruntime_logits
 from fgcli.utils import atomic_path, optional_import
 
-MIN_OPSET = 17  # adds LayerNormalization; the newest opset TensorRT 8.6's ONNX parser accepts
 #: max |logit difference| allowed between ONNX Runtime (FP32) and eager PyTorch: 1e-3, or 1e-4 of the largest
 #: |logit| when that is above 10. Float32 rounding is relative, so it grows with the logits: a random-weight
 #: ResNet-50 TASN at 448 px has logits up to 37.8 and differs by 1.06e-3 (2.8e-5 relative) after its sampler.
@@ -45,8 +46,6 @@ PARITY_BATCH = 16
 #: largest logit of 4.6 / 92 %, the same model in float64 PyTorch 0.035 / 0.43 / 98 %, and with its quantizers off
 #: (FP32) 0.29 / 2.4 / 62 %. A lost quantizer is caught by counting them (``require_quantized``)
 QAT_RMS_RTOL = 0.2
-#: the ONNX file of a QAT checkpoint (``fgcli train --qat``): Q/DQ INT8, beside where model.onnx would be
-QAT_ONNX = "model.qat.onnx"
 
 
 @dataclass(frozen=True)
@@ -127,9 +126,9 @@ def export_onnx(
     check_onnx(proto, "the exported graph")
     if qat:
         require_quantized(proto, "the checkpoint" if isinstance(checkpoint, dict) else checkpoint, model, images)
-        path, tolerance = Path(out_dir) / QAT_ONNX, QAT_RMS_RTOL * float(np.sqrt(np.mean(reference ** 2)))
+        path, tolerance = Path(out_dir) / file_of(ONNX_INT8_QAT), QAT_RMS_RTOL * float(np.sqrt(np.mean(reference ** 2)))
     else:
-        path, tolerance = Path(out_dir) / "model.onnx", logit_tolerance(reference, PARITY_ATOL, PARITY_RTOL)
+        path, tolerance = Path(out_dir) / file_of(ONNX_FP32), logit_tolerance(reference, PARITY_ATOL, PARITY_RTOL)
     parity = save_checked_onnx(proto, path, graph_images, reference, tolerance,
                                "the fake-quantized PyTorch model" if qat else "PyTorch", strict_top1=not qat,
                                metric="rms" if qat else "max")
@@ -213,7 +212,7 @@ def export_fp16(
     logits differ from FP32 by more than FP16_RTOL x max(1, max |FP32 logit|).
     """
     onnx_path = Path(onnx_path)
-    out_path = Path(out_path) if out_path is not None else onnx_path.with_name("model.fp16.onnx")
+    out_path = Path(out_path) if out_path is not None else onnx_path.with_name(file_of(ONNX_FP16))
     proto = load_onnx(onnx_path)
     meta = onnx_metadata(proto, onnx_path)
     if meta["precision"] != "fp32":

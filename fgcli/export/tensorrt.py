@@ -52,6 +52,7 @@ from pathlib import Path
 
 from fgcli.calibration import QDQ_OP_TYPES
 from fgcli.errors import FgcliError
+from fgcli.export.options import DEFAULT_BATCH, DEFAULT_WORKSPACE_GIB
 from fgcli.runtime.onnx_meta import decode_fgcli_metadata, load_onnx, metadata_props
 from fgcli.runtime.tensorrt_runner import (
     TENSORRT, TENSORRT_RTX, backend_of, cuda_device_info, import_tensorrt, sidecar_path, tensorrt_version,
@@ -252,8 +253,8 @@ def build_engine(
     onnx_path: str | Path,
     out_path: str | Path | None = None,
     precision: str | None = None,
-    batch: tuple[int, int, int] = (1, 8, 32),
-    workspace_gib: float = 4.0,
+    batch: tuple[int, int, int] = DEFAULT_BATCH,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
     timing_cache: str | Path | None = None,
     dla_core: int | None = None,
     calib_cache: str | Path | None = None,
