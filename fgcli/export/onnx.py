@@ -19,12 +19,16 @@ from typing import Any, Sequence
 import numpy as np
 
 import fgcli
-from fgcli.data.preprocess import PreprocessConfig
+from fgcli.calibration import WEIGHTED_OP_TYPES, quantized_nodes
+from fgcli.data.images import BadImageError, load_rgb
+from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
+from fgcli.engine.config import check_img_size
+from fgcli.engine.qat import is_qat_checkpoint
 from fgcli.errors import FgcliError, MissingDependencyError
 from fgcli.export.options import MIN_OPSET
 from fgcli.formats import ONNX_FP16, ONNX_FP32, ONNX_INT8_QAT, file_of
-from fgcli.runtime.onnx_meta import load_onnx, onnx_metadata, set_onnx_metadata
 from fgcli.runtime.comparator import Comparison, compare_logits, logit_tolerance, within_tolerance
+from fgcli.runtime.onnx_meta import load_onnx, onnx_metadata, set_onnx_metadata
 from fgcli.runtime.onnx_runner import onnxruntime_logits
 from fgcli.utils import atomic_path, optional_import
 
@@ -106,8 +110,6 @@ def export_onnx(
     """
     if opset < MIN_OPSET:
         raise FgcliError(f"opset {opset} is too old for fgcli models", hint=f"use --opset {MIN_OPSET} or newer")
-    from fgcli.engine.qat import is_qat_checkpoint
-
     ckpt, model = load_eval_model(checkpoint)
     qat = is_qat_checkpoint(ckpt)
     preprocess = export_preprocess(ckpt, img_size)
@@ -179,8 +181,6 @@ def require_quantized(proto, source: str, model, images: np.ndarray) -> None:
     make TensorRT run that layer in float."""
     import torch
 
-    from fgcli.calibration import WEIGHTED_OP_TYPES, quantized_nodes
-
     called = set()
     hooks = [module.register_forward_hook(lambda m, args, out: called.add(id(m))) for module in model.modules()
              if getattr(getattr(module, "weight_quantizer", None), "is_enabled", False)]
@@ -248,7 +248,7 @@ def convert_to_fp16(proto, keep_io_fp32: bool):
 # --------------------------------------------------------------------------- steps
 def load_eval_model(checkpoint: str | os.PathLike | dict[str, Any]):
     """(checkpoint dict, eval-mode model on CPU) from a path or an already-loaded checkpoint."""
-    from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint  # imports torch
 
     if isinstance(checkpoint, dict):
         return checkpoint, model_from_checkpoint(checkpoint).cpu().eval()
@@ -261,8 +261,6 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
     trained = PreprocessConfig.from_dict(ckpt["preprocess"])
     if img_size is None or img_size == trained.img_size:
         return trained
-    from fgcli.engine.config import check_img_size
-
     check_img_size(img_size)
     resize_size = int(img_size * trained.resize_size / trained.img_size + 0.5)
     return PreprocessConfig(img_size, resize_size, trained.mean, trained.std)
@@ -271,8 +269,6 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
 def checkpoint_metadata(ckpt: dict[str, Any], preprocess: PreprocessConfig, model) -> dict[str, Any]:
     """The decoded fgcli metadata of the export of ``ckpt`` (FP32, or INT8 for a QAT run); the ``model``'s INT8
     node choices travel to the quantizers (``FGVCModel.symmetric_int8_nodes`` / ``float_nodes``)."""
-    from fgcli.engine.qat import is_qat_checkpoint
-
     qat = is_qat_checkpoint(ckpt)
     return {
         "method": ckpt["method"], "backbone": ckpt["backbone"], "class_names": list(ckpt["class_names"]),
@@ -384,9 +380,6 @@ def synthetic_check_images(img_size: int, count: int = 8, seed: int = 0) -> np.n
 def check_images_from_split(split, preprocess: PreprocessConfig, count: int = 16) -> np.ndarray:
     """Up to ``count`` preprocessed images spread evenly over a DatasetSplit (so several classes show up);
     unreadable files are skipped."""
-    from fgcli.data.images import BadImageError, load_rgb
-    from fgcli.data.preprocess import preprocess_eval
-
     samples = split.samples
     picks = [samples[i] for i in np.linspace(0, len(samples) - 1, min(count, len(samples)), dtype=int)]
     arrays = []

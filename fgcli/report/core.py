@@ -20,14 +20,19 @@ import fgcli
 from fgcli.data import load_split
 from fgcli.engine.batches import iter_image_batches
 from fgcli.engine.evaluate import evaluate_runner
+from fgcli.engine.qat import is_qat_checkpoint
 from fgcli.errors import FgcliError
 from fgcli.formats import ONNX_FILES, TENSORRT, TORCH
 from fgcli.report.artifacts import attach_onnx_artifact, export_for_report, prepare_engines, read_export_record
+from fgcli.report.cam import draw_variant_grid
 from fgcli.report.options import ReportOptions
+from fgcli.report.plots import plot_report
+from fgcli.report.render import render_markdown
 from fgcli.runtime.timing import throughput_rounds, time_interleaved, timed_calls
 from fgcli.report.variants import AUTO_VARIANTS, QAT_VARIANT, REFERENCE_CANDIDATES, Variant, parse_formats, plan_variants
 from fgcli.runtime import open_runner
 from fgcli.runtime.comparator import top1_agreement
+from fgcli.runtime.torch_runner import TorchRunner
 from fgcli.runtime.doctor import collect_environment
 from fgcli.utils import optional_import, write_json_atomic, write_text_atomic
 
@@ -180,8 +185,6 @@ def _attention_grid(runners: dict, variants: list[Variant], reference: str, data
     images spread over the split (so over several classes)."""
     if count < 1:
         return None
-    from fgcli.report.cam import draw_variant_grid
-
     readable = [s.path for s in data_split.samples if s.path not in reference_eval.bad_images]
     images = [readable[round(i)] for i in np.linspace(0, len(readable) - 1, min(count, len(readable)))]
     shown = [reference] + [v.name for v in variants if v.name in runners and v.precision != "fp32"]
@@ -200,8 +203,6 @@ def _qat_sources(source: Path, checkpoint: dict | None, qat: Path | None
                  ) -> tuple[Path, dict | None, Path | None, str | None]:
     """(FP32 source, its loaded checkpoint, QAT checkpoint, note): a QAT checkpoint given as the source is measured
     against the run it was fine-tuned from, which its record names."""
-    from fgcli.engine.qat import is_qat_checkpoint
-
     if qat is not None and not (qat.is_file() and qat.suffix == ".pt"):
         raise FgcliError(f"--qat {qat} is not a .pt checkpoint", hint="pass QAT_RUN/best.pt, written by fgcli train --qat")
     if checkpoint is None:
@@ -209,7 +210,7 @@ def _qat_sources(source: Path, checkpoint: dict | None, qat: Path | None
             raise FgcliError("--qat needs the FP32 run's .pt checkpoint as the report's source (it exports both)",
                              hint=f"fgcli report FP32_RUN/best.pt --qat {qat} --data DATASET")
         return source, None, None, None
-    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.engine.checkpoint import load_checkpoint  # imports torch
 
     if qat is not None:
         qat_ckpt = load_checkpoint(qat)
@@ -237,7 +238,7 @@ def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
     """(the loaded checkpoint, OUT/export) for a .pt file; (None, the folder) for an export folder."""
     if source.is_file() and source.suffix == ".pt":
         optional_import("torch", "torch", "A report on a PyTorch checkpoint (it exports the ONNX models)")
-        from fgcli.engine.checkpoint import load_checkpoint
+        from fgcli.engine.checkpoint import load_checkpoint  # imports torch
 
         return load_checkpoint(source), out_dir / "export"
     if source.is_dir():
@@ -271,8 +272,6 @@ def _open(variant: Variant, checkpoint: dict | None, device: str):
     """The variant's runner, or None after marking it unavailable with the runtime's own reason."""
     try:
         if variant.backend == TORCH:
-            from fgcli.runtime.torch_runner import TorchRunner
-
             autocast = None if variant.precision == "fp32" else variant.precision
             return TorchRunner(checkpoint, device=device, autocast=autocast)
         # ORT threads that busy-wait after a call would slow the next variant of the interleaved timing
@@ -380,9 +379,6 @@ def _cpu_name() -> str:
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """report.json, report.md and report.png in ``out_dir``, each written atomically; returns their paths."""
-    from fgcli.report.plots import plot_report
-    from fgcli.report.render import render_markdown
-
     out_dir = Path(out_dir)
     return {"json": write_json_atomic(out_dir / "report.json", report),
             "md": write_text_atomic(out_dir / "report.md", render_markdown(report)),
