@@ -538,7 +538,7 @@ def calib(
     model: Path = typer.Argument(..., help="The ONNX (or .pt) whose preprocessing the images get."),
     data: Path = typer.Option(..., "--data", help="Dataset; its --split is sampled class-balanced."),
     out: Path = typer.Option(Path("calib.npz"), "--out"),
-    size: int = typer.Option(512, "--size", min=1, help="Images (warns below 300)."),
+    size: int = typer.Option(DEFAULT_CALIB_SIZE, "--size", min=1, help="Images (warns below 300)."),
     split: str = typer.Option("train", "--split"),
     seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:

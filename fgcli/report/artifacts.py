@@ -25,6 +25,7 @@ from fgcli.export.pipeline import EXPORT_RECORD, export_all
 from fgcli.export.tensorrt import build_engine, default_engine_path
 from fgcli.formats import (BY_NAME, FORMATS, ONNX_EXPORT, ONNX_FILES, ONNX_FP16, ONNX_FP32, ONNX_INT8_MODELOPT,
                            MODELOPT, ORT, TENSORRT, TORCH, TRT_FP16, file_of, int8_format)
+from fgcli.report.options import ReportOptions
 from fgcli.report.variants import QAT_VARIANT, Variant
 from fgcli.runtime.tensorrt_runner import check_engine_compatible, cuda_device_info, import_tensorrt, read_sidecar, sidecar_path
 from fgcli.utils import sha256_file, write_json_atomic
@@ -39,55 +40,31 @@ EXPORT_FILES = (*(name for key, name in ONNX_FILES.items() if key != ONNX_FP16),
                 *DERIVED_FILES, SOURCE_RECORD)
 
 
-def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant], data: Path, calib_size: int,
-                      step: Callable[[str], None], target_agreement: float | None = None,
-                      val_size: int = 256, max_drop: float | None = None,
-                      qat_checkpoint: Path | None = None, auto_calib: bool = False) -> list[str]:
+def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant], data: Path, opts: ReportOptions,
+                      step: Callable[[str], None], qat_checkpoint: Path | None = None) -> list[str]:
     """Export the ONNX files the runnable ``variants`` need into ``export_dir`` (or reuse current ones) and
-    set each ONNX variant's path and export / calibration seconds. ``target_agreement``: the target of the
-    mixed-precision (auto) variants, measured on ``val_size`` val (else test) images, calibrated with the method
-    closest to FP32 when ``auto_calib`` (``fgcli export --auto-calib``). ``qat_checkpoint``: the
-    QAT run (``fgcli train --qat``) whose model.qat.onnx the ``onnx-int8-qat`` variant measures. Returns notes
-    for the report."""
+    set each ONNX variant's path and export / calibration seconds. From ``opts``: ``calib_size``, and for the
+    mixed-precision (auto) variants ``target_agreement`` / ``max_drop``, measured on ``val_size`` val (else test)
+    images, calibrated with the method closest to FP32 when ``auto_calib`` (``fgcli export --auto-calib``).
+    ``qat_checkpoint``: the QAT run (``fgcli train --qat``) whose model.qat.onnx the ``onnx-int8-qat`` variant
+    measures. Returns notes for the report."""
     needed = _needed_onnx(variants)
     if not needed:
         return []
-    notes = []
     record = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
-              "calib_data": str(Path(data).resolve()), "calib_size": calib_size, "target_agreement": target_agreement,
-              "val_size": val_size if target_agreement is not None else None, "max_drop": max_drop,
-              "auto_calib": auto_calib or None,  # None, not False: records written before the option match
+              "calib_data": str(Path(data).resolve()), "calib_size": opts.calib_size,
+              "target_agreement": opts.target_agreement,
+              "val_size": opts.val_size if opts.target_agreement is not None else None, "max_drop": opts.max_drop,
+              "auto_calib": opts.auto_calib or None,  # None, not False: records written before the option match
               "qat_sha256": sha256_file(qat_checkpoint) if QAT_VARIANT in needed else None}
-    previous = _read_json(export_dir / SOURCE_RECORD)
-    if not _same_source(previous, record):
-        foreign = [name for name in EXPORT_FILES if (export_dir / name).is_file()]
-        if foreign and not previous:
-            raise FgcliError(
-                f"{export_dir} holds files no report made (no {SOURCE_RECORD}): {', '.join(foreign)}; "
-                "the report would replace them",
-                hint="choose another --out (the default, RUN/report, keeps its own export folder), or report on "
-                     f"that export folder itself: fgcli report {export_dir} --data DATASET")
-        removed = _remove(export_dir, EXPORT_FILES)
-        if removed:
-            notes.append(f"{export_dir} held files made from another checkpoint or other calibration settings: "
-                         f"removed {', '.join(removed)} and exported again")
+    notes = _clear_other_source(export_dir, record)
     artifacts = read_export_record(export_dir)
     missing = [key for key in needed if key not in artifacts or not (export_dir / ONNX_FILES[key]).is_file()]
     from_checkpoint = [key for key in missing if key != QAT_VARIANT]
     if from_checkpoint:
         _remove(export_dir, DERIVED_FILES)
-        options = ExportOptions(out_dir=export_dir, calib_data=str(data), calib_size=calib_size, check_data=str(data))
-        backends = [BY_NAME[key].builder for key in needed if BY_NAME[key].builder in (MODELOPT, ORT)
-                    and not BY_NAME[key].auto]
-        if backends:
-            options.int8, options.int8_backend = True, _backend_option(backends)
-        auto = [BY_NAME[key].builder for key in needed if BY_NAME[key].auto]
-        if auto:
-            options.target_agreement, options.val_size, options.max_drop = target_agreement, val_size, max_drop
-            options.auto_calib = auto_calib
-            options.auto_backend = _backend_option(auto)
         qat_artifact = {k: v for k, v in artifacts.items() if k == QAT_VARIANT}  # export_all rewrites export.json
-        summary = export_all(checkpoint, options, step=step)
+        summary = export_all(checkpoint, _export_options(export_dir, data, opts, needed), step=step)
         artifacts = {**summary.artifacts, **qat_artifact}
         notes.extend(summary.notes)
         write_json_atomic(export_dir / SOURCE_RECORD, record)  # the files are ours now, even if the QAT export fails
@@ -103,6 +80,38 @@ def export_for_report(checkpoint: Path, export_dir: Path, variants: list[Variant
         if variant.name in ONNX_FILES and variant.available:
             attach_onnx_artifact(variant, export_dir, artifacts)
     return notes
+
+
+def _clear_other_source(export_dir: Path, record: dict[str, Any]) -> list[str]:
+    """Remove the report's files made from another checkpoint or other settings than ``record`` (a note says so);
+    refuse to touch files no report made."""
+    previous = _read_json(export_dir / SOURCE_RECORD)
+    if _same_source(previous, record):
+        return []
+    foreign = [name for name in EXPORT_FILES if (export_dir / name).is_file()]
+    if foreign and not previous:
+        raise FgcliError(
+            f"{export_dir} holds files no report made (no {SOURCE_RECORD}): {', '.join(foreign)}; "
+            "the report would replace them",
+            hint="choose another --out (the default, RUN/report, keeps its own export folder), or report on "
+                 f"that export folder itself: fgcli report {export_dir} --data DATASET")
+    removed = _remove(export_dir, EXPORT_FILES)
+    return [f"{export_dir} held files made from another checkpoint or other calibration settings: "
+            f"removed {', '.join(removed)} and exported again"] if removed else []
+
+
+def _export_options(export_dir: Path, data: Path, opts: ReportOptions, needed: list[str]) -> ExportOptions:
+    """The ``fgcli export`` options that write the ``needed`` formats: the INT8 backends of the plain and of the
+    mixed-precision INT8 formats, with the report's calibration and target settings."""
+    options = ExportOptions(out_dir=export_dir, calib_data=str(data), calib_size=opts.calib_size, check_data=str(data))
+    plain = [BY_NAME[key].builder for key in needed if BY_NAME[key].builder in (MODELOPT, ORT) and not BY_NAME[key].auto]
+    if plain:
+        options.int8, options.int8_backend = True, _backend_option(plain)
+    auto = [BY_NAME[key].builder for key in needed if BY_NAME[key].auto]
+    if auto:
+        options.target_agreement, options.val_size, options.max_drop = opts.target_agreement, opts.val_size, opts.max_drop
+        options.auto_calib, options.auto_backend = opts.auto_calib, _backend_option(auto)
+    return options
 
 
 def _export_qat(qat_checkpoint: Path, export_dir: Path, data: Path, step: Callable[[str], None]) -> dict[str, Any]:

@@ -252,9 +252,7 @@ def _prepare_files(source: Path, checkpoint: dict | None, export_dir: Path, vari
     """Give every runnable variant its file: export from the checkpoint(s), or take the folder's; build engines."""
     notes = []
     if checkpoint is not None:
-        notes = export_for_report(source, export_dir, variants, data, opts.calib_size, hooks.step,
-                                  opts.target_agreement, opts.val_size, opts.max_drop, qat_checkpoint=qat,
-                                  auto_calib=opts.auto_calib)
+        notes = export_for_report(source, export_dir, variants, data, opts, hooks.step, qat_checkpoint=qat)
         for variant in variants:
             if variant.backend == TORCH and variant.available:
                 variant.path = source
