@@ -145,9 +145,10 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     if given.get("recipe"):
         values.update(load_recipe(given.get("method", "baseline"), given["recipe"]))
     if given.get("qat") and given.get("weights"):  # QAT: the trained run's settings, then a short low-rate schedule
+        from fgcli.engine.checkpoint import load_checkpoint  # imports torch
         from fgcli.engine.qat import qat_defaults
 
-        values.update(qat_defaults(given["weights"]))
+        values.update(qat_defaults(load_checkpoint(given["weights"]), given["weights"]))
     values.update(given)
     config = TrainConfig.from_dict(values)
     config.validate()
