@@ -57,6 +57,10 @@ import torch
 from fgcli.data.synth import generate_synthetic
 from fgcli.engine.config import TrainConfig
 from fgcli.engine.train import Trainer
+from fgcli.formats import (
+    ONNX_FP32, ONNX_INT8_ORT, TORCH_BF16, TORCH_BF16_COMPILED, TORCH_BF16_COMPILED_GRAPH, TORCH_BF16_GRAPH, TORCH_FP16,
+    TORCH_FP32, file_of,
+)
 from fgcli.models import create_model, list_models
 from fgcli.utils import write_json_atomic
 
@@ -75,8 +79,8 @@ class Plan:
     eval_batches: tuple[int, ...]
     eval_iterations: int
     compile: bool
-    report_formats: str = ("torch,torch-bf16-compiled,torch-bf16-graph,torch-bf16-compiled-graph,onnx-fp32,onnx-int8-ort,"
-                           "trt")
+    report_formats: str = ",".join(["torch", TORCH_BF16_COMPILED, TORCH_BF16_GRAPH, TORCH_BF16_COMPILED_GRAPH,
+                                     ONNX_FP32, ONNX_INT8_ORT, "trt"])  # torch, trt: --formats groups
     classes: int = 10
 
 
@@ -88,7 +92,7 @@ def full_plan(steps: int, img_size: int) -> Plan:
 def rehearsal_plan() -> Plan:
     """Every step, tiny: 32 px, ResNet-18, a few steps on CPU, no compile (minutes of compiling on 2 cores)."""
     return Plan(device="cpu", img_size=32, resize_size=36, steps=4, batch_size=4, backbone="resnet18",
-                eval_batches=(1, 2), eval_iterations=2, compile=False, report_formats="torch-fp32,onnx-fp32",
+                eval_batches=(1, 2), eval_iterations=2, compile=False, report_formats=f"{TORCH_FP32},{ONNX_FP32}",
                 classes=3)
 
 
@@ -343,23 +347,23 @@ def step_report(plan: Plan, data: Path, out: Path) -> dict:
                        "agreement": row["agreement"], "p50_ms": row["latency_ms"]["p50"],
                        f"ips_b{largest}": row["throughput_ips"][largest], "limit_fraction": row["limit_fraction"]}
                       if row["available"] else {"unavailable": row["reason"]}) for row in report["variants"]}}
-    if "torch-fp32" in rows:  # issue 23: half precision at least as fast as FP32, at batch 1 and the largest batch
-        fp32 = rows["torch-fp32"]
+    if TORCH_FP32 in rows:  # issue 23: half precision at least as fast as FP32, at batch 1 and the largest batch
+        fp32 = rows[TORCH_FP32]
         figures["half_not_slower"] = {
             name: {"b1": rows[name]["latency_ms"]["p50"] <= fp32["latency_ms"]["p50"],
                    f"b{largest}": rows[name]["throughput_ips"][largest] >= fp32["throughput_ips"][largest]}
-            for name in ("torch-fp16", "torch-bf16") if name in rows}
+            for name in (TORCH_FP16, TORCH_BF16) if name in rows}
     return figures
 
 
 def bench_arguments(plan: Plan, out: Path) -> list[str]:
     """``fgcli bench`` arguments of the bench step: the torch variants of the trained baseline, batch 1..256."""
-    formats = ("torch-fp32,torch-fp16,torch-bf16,torch-bf16-compiled,torch-bf16-graph,torch-bf16-compiled-graph"
-               if plan.device == "cuda" else "torch-fp32")
+    formats = (",".join([TORCH_FP32, TORCH_FP16, TORCH_BF16, TORCH_BF16_COMPILED, TORCH_BF16_GRAPH,
+                         TORCH_BF16_COMPILED_GRAPH]) if plan.device == "cuda" else TORCH_FP32)
     return ["bench", str(out / "baseline" / "best.pt"), "--device", plan.device, "--formats", formats,
             "--max-batch", "256" if plan.device == "cuda" else str(plan.eval_batches[-1]),
             "--iterations", "64" if plan.device == "cuda" else "2", "--out", str(out / "bench"),
-            "--onnx", str(out / "report" / "export" / "model.onnx")]
+            "--onnx", str(out / "report" / "export" / file_of(ONNX_FP32))]
 
 
 def step_bench(plan: Plan, data: Path, out: Path) -> dict:

@@ -20,10 +20,11 @@ from pathlib import Path
 from fgcli.data.synth import generate_synthetic
 from fgcli.engine.config import resolve_config
 from fgcli.engine.train import train
+from fgcli.formats import ONNX_FP32, ONNX_INT8_MODELOPT, ONNX_INT8_ORT, TORCH_FP32
 from fgcli.report import build_report
 from fgcli.utils import write_json_atomic
 
-VARIANTS = ("torch-fp32", "onnx-fp32", "onnx-int8-modelopt", "onnx-int8-ort")
+VARIANTS = (TORCH_FP32, ONNX_FP32, ONNX_INT8_MODELOPT, ONNX_INT8_ORT)
 
 
 def measure(method: str, backbone: str, data: Path, out: Path, epochs: int) -> dict[str, dict[str, float]]:
@@ -57,7 +58,7 @@ def main() -> None:
     for backbone, rows in results.items():
         cells = "".join(f"{rows[v]['top1']:>10.3f} /{rows[v]['agreement']:6.3f} /{rows[v]['p50_ms']:6.1f}"
                         if v in rows else f"{'-':>28s}" for v in VARIANTS)
-        fp32 = rows["onnx-fp32"]["top1"]
+        fp32 = rows[ONNX_FP32]["top1"]
         drops = ", ".join(f"{fp32 - rows[v]['top1']:+.3f}" for v in VARIANTS[2:] if v in rows)
         print(f"{backbone:24s}{cells}{drops:>30s}")
     write_json_atomic(args.out / "int8_backbones.json", {"method": args.method, "epochs": args.epochs,

@@ -33,6 +33,7 @@ from fgcli.calibration.ort_int8 import quantize_ort
 from fgcli.data.preprocess import PreprocessConfig
 from fgcli.data.synth import generate_synthetic
 from fgcli.export.onnx import export_onnx
+from fgcli.formats import ONNX_INT8_MODELOPT, ONNX_INT8_ORT, file_of
 from fgcli.models import create_model, list_models
 from fgcli.utils import write_json_atomic
 
@@ -118,11 +119,11 @@ def main() -> None:
     for method in args.methods:
         folder = args.out / method
         fp32 = export_onnx(checkpoint_for(method, 10, preprocess), folder).path
-        ort_int8 = quantize_ort(fp32, calib, folder / "model.ort-int8.onnx",
+        ort_int8 = quantize_ort(fp32, calib, folder / file_of(ONNX_INT8_ORT),
                                 calibration_cache=folder / "ort-calibration.json")
         paths = {"fp32": fp32, "ort-int8": ort_int8.output_path}
         if not args.no_modelopt:
-            paths["modelopt-int8"] = quantize_modelopt(fp32, calib, folder / "model.int8.onnx").output_path
+            paths["modelopt-int8"] = quantize_modelopt(fp32, calib, folder / file_of(ONNX_INT8_MODELOPT)).output_path
         paths.update(float_variants(fp32, calib, folder, ort_int8.quantized_nodes, args.float_counts))
         sessions = {name: session(path) for name, path in paths.items()}
         b1 = time_interleaved(sessions, 1, args.img_size, args.rounds, iters=5)

@@ -15,8 +15,8 @@ import warnings
 from pathlib import Path
 
 import fgcli.calibration as calibration
-from fgcli.calibration.sensitivity import fp32_onnx_of, sensitivity_of
-from fgcli.export.onnx import load_onnx
+from fgcli.export.int8 import fp32_onnx_of, sensitivity_of
+from fgcli.runtime.onnx_meta import load_onnx
 from fgcli.utils import write_json_atomic
 
 

@@ -23,6 +23,10 @@ from typer.exceptions import TyperException
 from fgcli.console import make_console, styled
 from fgcli.errors import (EXTRA_OF_MODULE, INTERRUPTED_EXIT_CODE, TERMINATED_EXIT_CODE, FgcliError, Interrupted,
                           MissingDependencyError, Terminated, missing_module_of)
+from fgcli.export.options import (DEFAULT_BATCH, DEFAULT_CALIB_SIZE, DEFAULT_VAL_SIZE, DEFAULT_WORKSPACE_GIB, MIN_OPSET,
+                                  SENSITIVITY_CALIB_SIZE)
+from fgcli.report.options import (BENCH_ITERATIONS, BENCH_MAX_BATCH, BENCH_WARMUP, DEFAULT_BATCH_SIZES, DEFAULT_CAM_IMAGES,
+                                  DEFAULT_ITERATIONS, DEFAULT_WARMUP)
 
 app = typer.Typer(
     help="Fine-grained visual classification: train, evaluate, export, quantize and deploy.",
@@ -41,6 +45,8 @@ err_console = make_console(stderr=True)  # errors, notes and progress displays
 MAX_IMG_SIZE = 2048
 #: the smallest TensorRT --workspace, GiB (less leaves the builder no tactics)
 MIN_WORKSPACE_GIB = 0.125
+#: ``--batch`` default: the TensorRT profile MIN,OPT,MAX
+BATCH_TEXT = ",".join(map(str, DEFAULT_BATCH))
 
 
 def main() -> None:
@@ -418,25 +424,24 @@ def _parse_batch(text: str) -> tuple[int, int, int]:
 def export(
     checkpoint: Path = typer.Argument(..., help="A .pt checkpoint written by fgcli train."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: RUN/export beside the checkpoint)."),
-    onnx: bool = typer.Option(True, "--onnx", help="Write DIR/model.onnx (always done: every other format derives from it)."),
-    opset: int = typer.Option(17, "--opset", min=17, help="ONNX opset (>= 17)."),
+    opset: int = typer.Option(MIN_OPSET, "--opset", min=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})."),
     img_size: Optional[int] = typer.Option(None, "--img-size", min=32, max=MAX_IMG_SIZE, help="Input size (default: the checkpoint's)."),
-    batch: str = typer.Option("1,8,32", "--batch", help="TensorRT optimization profile MIN,OPT,MAX."),
+    batch: str = typer.Option(BATCH_TEXT, "--batch", help="TensorRT optimization profile MIN,OPT,MAX."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (strongly typed TensorRT builds)."),
     int8: bool = typer.Option(False, "--int8", help="INT8 post-training quantization (needs --calib-data)."),
     int8_backend: str = typer.Option("modelopt", "--int8-backend",
                                      help="modelopt (Q/DQ for TensorRT), ort (ONNX Runtime INT8 for CPU / ARM), or both."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Dataset whose train split calibrates INT8."),
-    calib_size: int = typer.Option(512, "--calib-size", min=1, help="Calibration images (class-balanced; warns below 300)."),
+    calib_size: int = typer.Option(DEFAULT_CALIB_SIZE, "--calib-size", min=1, help="Calibration images (class-balanced; warns below 300)."),
     calib_method: str = typer.Option("max", "--calib-method", help="max or entropy (ORT also: percentile)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose test images check ONNX parity (default: --calib-data, else generated)."),
     trt: bool = typer.Option(False, "--trt", help="Build a TensorRT engine (needs TensorRT on this machine)."),
-    workspace: float = typer.Option(4.0, "--workspace", min=MIN_WORKSPACE_GIB, help="TensorRT workspace limit, GiB."),
+    workspace: float = typer.Option(DEFAULT_WORKSPACE_GIB, "--workspace", min=MIN_WORKSPACE_GIB, help="TensorRT workspace limit, GiB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", min=0, help="Build for a Jetson DLA core, with GPU fallback."),
     device: str = typer.Option("cpu", "--device", help="Where modelopt calibrates: cpu or cuda."),
     target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="With --int8, also write the mixed-precision model (model.int8-auto.onnx / model.ort-int8-auto.onnx): keep the nodes INT8 hurts most in float, one at a time, until this top-1 agreement with FP32 (e.g. 0.99) is met on the val / test split."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=100.0, help="With --int8: ... until top-1 is at most this many points below FP32 (e.g. 0.5); with --target-agreement both must hold."),
-    val_size: int = typer.Option(256, "--val-size", min=1, max=100_000, help="Validation images the target is measured on (val, else test split; disjoint from calibration)."),
+    val_size: int = typer.Option(DEFAULT_VAL_SIZE, "--val-size", min=1, max=100_000, help="Validation images the target is measured on (val, else test split; disjoint from calibration)."),
     min_speedup: Optional[float] = typer.Option(None, "--min-speedup", min=0.01, help="With a target: never keep a node float whose step takes the ONNX Runtime CPU speed-up over FP32 (batch 1, measured here) below this, e.g. 1.8; that node stays INT8 and the next is tried. Measure on the machine you deploy to."),
     auto_calib: bool = typer.Option(False, "--auto-calib", help="With a target: quantize fully with every calibration method (ONNX Runtime: minmax, entropy, percentile; modelopt: max, entropy) and start the float-node loop from the one closest to FP32 on the validation images (export.json lists each one's agreement); --calib-method still sets the plain INT8 model's."),
     embed_preprocess: bool = typer.Option(False, "--embed-preprocess", help="Put the mean / std normalisation into the ONNX graph: its input becomes RGB 0..255 float (what DeepStream feeds; needed there when the std differ per channel)."),
@@ -520,8 +525,8 @@ def build(
     out: Optional[Path] = typer.Option(None, "--out", help="Engine path (default: model.<precision>.engine beside the ONNX)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 from an FP32 ONNX (builder flag; TensorRT < 11)."),
     int8: bool = typer.Option(False, "--int8", help="INT8: from a Q/DQ ONNX, or an FP32 ONNX with --calib-data / --calib-cache (TensorRT < 11)."),
-    batch: str = typer.Option("1,8,32", "--batch", help="Optimization profile MIN,OPT,MAX."),
-    workspace: float = typer.Option(4.0, "--workspace", min=MIN_WORKSPACE_GIB, help="Workspace limit, GiB."),
+    batch: str = typer.Option(BATCH_TEXT, "--batch", help="Optimization profile MIN,OPT,MAX."),
+    workspace: float = typer.Option(DEFAULT_WORKSPACE_GIB, "--workspace", min=MIN_WORKSPACE_GIB, help="Workspace limit, GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, reused across builds."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", min=0, help="Jetson DLA core (fp16 / int8), with GPU fallback."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="calib.npz for the legacy INT8 calibrator."),
@@ -549,7 +554,7 @@ def calib(
     model: Path = typer.Argument(..., help="The ONNX (or .pt) whose preprocessing the images get."),
     data: Path = typer.Option(..., "--data", help="Dataset; its --split is sampled class-balanced."),
     out: Path = typer.Option(Path("calib.npz"), "--out"),
-    size: int = typer.Option(512, "--size", min=1, help="Images (warns below 300)."),
+    size: int = typer.Option(DEFAULT_CALIB_SIZE, "--size", min=1, help="Images (warns below 300)."),
     split: str = typer.Option("train", "--split"),
     seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:
@@ -577,8 +582,8 @@ def sensitivity(
     data: Path = typer.Option(..., "--data", help="Dataset: its train split calibrates, its val (else test) split validates."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: sensitivity/ beside the model)."),
     backend: str = typer.Option("ort", "--backend", help="ort (ONNX Runtime INT8 for CPU; calibrates once) or modelopt (Q/DQ for TensorRT; calibrates every model, slower)."),
-    calib_size: int = typer.Option(256, "--calib-size", min=1, max=100_000, help="Calibration images from the train split."),
-    val_size: int = typer.Option(256, "--val-size", min=1, max=100_000, help="Validation images compared with FP32 (a few hundred suffice)."),
+    calib_size: int = typer.Option(SENSITIVITY_CALIB_SIZE, "--calib-size", min=1, max=100_000, help="Calibration images from the train split."),
+    val_size: int = typer.Option(DEFAULT_VAL_SIZE, "--val-size", min=1, max=100_000, help="Validation images compared with FP32 (a few hundred suffice)."),
     top: int = typer.Option(20, "--top", min=1, max=1000, help="Nodes shown in the table and the plot."),
 ) -> None:
     """How much INT8 costs per node: each quantized alone, and each kept alone in float from full INT8.
@@ -586,17 +591,19 @@ def sensitivity(
     Ranked by KL(FP32 || INT8) on the validation images; writes sensitivity.json and sensitivity.png.
     `fgcli export --int8 --target-agreement 0.99` uses the same measurement to choose the nodes it keeps in float.
     """
-    from fgcli.calibration.sensitivity import sensitivity_of
+    from fgcli.export.int8 import sensitivity_of
+    from fgcli.report.plots import SENSITIVITY_PNG, plot_sensitivity
 
     out_dir = out or (model.parent if model.is_file() else model) / "sensitivity"
     with _progress() as progress:
         task = progress.add_task("INT8 per node (2 models each)", total=None, info="")
-        result, files = sensitivity_of(model, data, out_dir, backend=backend, calib_size=calib_size,
-                                       val_size=val_size, top=top,
+        result, record = sensitivity_of(model, data, out_dir, backend=backend, calib_size=calib_size,
+                                        val_size=val_size,
                                        progress=lambda name, total: progress.update(task, advance=1, total=total,
                                                                                     info=name))
     _print_sensitivity(result, top)
-    console.print(styled("[bold]{}[/], [bold]{}[/]", files["json"], files["png"]))
+    png = plot_sensitivity(result.to_dict(), out_dir / SENSITIVITY_PNG, top=top)
+    console.print(styled("[bold]{}[/], [bold]{}[/]", record, png), highlight=False)
 
 
 def _print_sensitivity(result, top: int) -> None:
@@ -650,14 +657,14 @@ def report(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset: --split is evaluated and timed on, the train split calibrates INT8."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/report beside the checkpoint, EXPORT_DIR/report for a folder, the current folder with --compare)."),
     formats: str = typer.Option("all", "--formats", help="all, a group (torch, onnx, trt) or comma-separated variant names, e.g. onnx-fp32,onnx-int8-ort,trt-int8; torch-fp16-compiled, torch-bf16-compiled (torch.compile), torch-fp16-graph, torch-bf16-graph (CUDA graphs) and torch-fp16-compiled-graph, torch-bf16-compiled-graph (both) only by name, e.g. all,torch-bf16-graph."),
-    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Throughput at each; the largest is also the evaluation batch and the TensorRT profile's maximum."),
+    batch_sizes: str = typer.Option(",".join(map(str, DEFAULT_BATCH_SIZES)), "--batch-sizes", help="Throughput at each; the largest is also the evaluation batch and the TensorRT profile's maximum."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N: where PyTorch and TensorRT run (TensorRT and torch FP16 / BF16 need a GPU). ONNX Runtime uses the GPU when its CUDA provider is installed, else runs on the CPU and says so."),
-    iterations: int = typer.Option(100, "--iterations", min=1, help="Timed single-image calls per variant (p50 / p90 / p99); each larger batch runs iterations / batch calls, at least 3."),
-    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed calls per variant before each batch size is timed."),
-    calib_size: int = typer.Option(512, "--calib-size", min=1, help="INT8 calibration images from the train split of --data (warns below 300)."),
+    iterations: int = typer.Option(DEFAULT_ITERATIONS, "--iterations", min=1, help="Timed single-image calls per variant (p50 / p90 / p99); each larger batch runs iterations / batch calls, at least 3."),
+    warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", min=0, help="Untimed calls per variant before each batch size is timed."),
+    calib_size: int = typer.Option(DEFAULT_CALIB_SIZE, "--calib-size", min=1, help="INT8 calibration images from the train split of --data (warns below 300)."),
     split: str = typer.Option("test", "--split", help="The split every variant is evaluated on."),
     dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, cub, cars, aircraft, folder."),
-    cam_images: int = typer.Option(4, "--cam-images", min=0, help="Test images drawn in OUT/report_cam.png: occlusion maps of FP32 next to every INT8 / FP16 variant (0: none)."),
+    cam_images: int = typer.Option(DEFAULT_CAM_IMAGES, "--cam-images", min=0, help="Test images drawn in OUT/report_cam.png: occlusion maps of FP32 next to every INT8 / FP16 variant (0: none)."),
     compare: bool = typer.Option(False, "--compare", help="Put report.json files from several machines or methods into one table and plot (compare.md / .json / .png)."),
     target_agreement: Optional[float] = typer.Option(None, "--target-agreement", min=0.0, max=1.0, help="Also report INT8 with measured mixed precision (onnx-int8-modelopt-auto, onnx-int8-ort-auto): nodes kept float until this agreement with FP32, e.g. 0.99 (as fgcli export --target-agreement)."),
     auto_calib: bool = typer.Option(False, "--auto-calib", help="With --target-agreement: calibrate the -auto variants with the method whose full INT8 is closest to FP32 (as fgcli export --auto-calib)."),
@@ -741,9 +748,9 @@ def bench(
     source: Path = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint (its torch variants), or one .onnx / .engine file."),
     formats: Optional[str] = typer.Option(None, "--formats", help="A checkpoint's torch variants (default: torch-fp32, torch-fp16, torch-bf16), e.g. torch-bf16,torch-bf16-compiled,torch-bf16-graph."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N. Torch FP16 / BF16, compiled and graph variants need a GPU."),
-    max_batch: int = typer.Option(256, "--max-batch", min=1, help="The largest batch tried (doubling from 1); a batch that does not fit in memory ends that variant's sweep."),
-    iterations: int = typer.Option(64, "--iterations", min=1, help="Images' worth of timed calls per batch size (at least 3 calls)."),
-    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls per variant before each batch size."),
+    max_batch: int = typer.Option(BENCH_MAX_BATCH, "--max-batch", min=1, help="The largest batch tried (doubling from 1); a batch that does not fit in memory ends that variant's sweep."),
+    iterations: int = typer.Option(BENCH_ITERATIONS, "--iterations", min=1, help="Images' worth of timed calls per batch size (at least 3 calls)."),
+    warmup: int = typer.Option(BENCH_WARMUP, "--warmup", min=0, help="Untimed calls per variant before each batch size."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: bench/ beside MODEL)."),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="The exported model.onnx whose FLOPs give the fraction of the GPU's limit (default: MODEL when it is .onnx, else RUN/export/model.onnx or RUN/report/export/model.onnx)."),
     peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", min=0.001, help="The GPU's dense BF16 rate in TFLOP/s (datasheet); default: measured with a BF16 matrix product in this run."),

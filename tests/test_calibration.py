@@ -53,7 +53,8 @@ def fp32_onnx(tmp_path_factory) -> Path:
     import torch
 
     import fgcli
-    from fgcli.export.onnx import set_onnx_metadata, trace_to_onnx
+    from fgcli.export.onnx import trace_to_onnx
+    from fgcli.runtime.onnx_meta import set_onnx_metadata
     from fgcli.models import create_model
 
     torch.manual_seed(0)
@@ -80,7 +81,7 @@ def assert_int8_model(result, fp32_path: Path, out_path: Path, images: np.ndarra
     """Shared checks of a quantizer's output: Q/DQ graph, metadata, clean folder, logits near FP32."""
     import onnx
 
-    from fgcli.export.onnx import read_onnx_metadata
+    from fgcli.runtime.onnx_meta import read_onnx_metadata
 
     model = onnx.load(str(out_path))
     op_counts = Counter(node.op_type for node in model.graph.node)

@@ -14,7 +14,8 @@ from fgcli.cli import app
 from fgcli.data.preprocess import PreprocessConfig
 from fgcli.errors import FgcliError, MissingDependencyError
 from fgcli.models import list_models
-from fgcli.report.cam import cells_to_pixels, collect_images, grad_cam, occlusion_map, write_variant_grid
+from fgcli.report.cam import cells_to_pixels, collect_images, draw_variant_grid, grad_cam, occlusion_map
+from fgcli.runtime import open_runner
 from fgcli.report.overlay import DPI, PANEL_INCHES
 from fgcli.runtime.base import Runner
 
@@ -205,7 +206,8 @@ def test_method_figures_show_every_attention_map_and_tasn_samples(tiny_dataset, 
 def test_variant_grid_has_an_occlusion_column_per_variant_and_grad_cam_for_the_checkpoint(
         tiny_checkpoint, tiny_onnx, tiny_dataset, tmp_path):
     images = [str(tiny_dataset / "test" / name) for name in ("alpha/alpha_0.png", "gamma/gamma_0.png")]
-    out = write_variant_grid({"torch-fp32": tiny_checkpoint, "onnx-fp32": tiny_onnx}, images, tmp_path / "grid.png")
+    with open_runner(tiny_checkpoint, device="cpu") as torch_runner, open_runner(tiny_onnx, device="cpu") as onnx_runner:
+        out = draw_variant_grid({"torch-fp32": torch_runner, "onnx-fp32": onnx_runner}, images, tmp_path / "grid.png")
     assert out == tmp_path / "grid.png"
     with Image.open(out) as png:
         assert png.width == round(4 * PANEL_PX)  # input, two occlusion maps, Grad-CAM
@@ -228,8 +230,10 @@ def test_onnx_variant_grid_runs_without_torch(tiny_onnx, tiny_dataset, tmp_path)
     out = tmp_path / "grid.png"
     script = BLOCK_TORCH + (
         "from pathlib import Path\n"
-        "from fgcli.report.cam import write_variant_grid\n"
-        f"write_variant_grid({{'onnx-fp32': Path({str(tiny_onnx)!r})}}, "
+        "from fgcli.report.cam import draw_variant_grid\n"
+        "from fgcli.runtime import open_runner\n"
+        f"with open_runner(Path({str(tiny_onnx)!r}), device='cpu') as runner:\n"
+        f"    draw_variant_grid({{'onnx-fp32': runner}}, "
         f"[{str(tiny_dataset / 'test' / 'beta' / 'beta_0.png')!r}], Path({str(out)!r}))\n"
         "assert 'torch' not in sys.modules\n"
     )

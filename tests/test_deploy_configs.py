@@ -14,7 +14,9 @@ from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
 from fgcli.engine.checkpoint import load_checkpoint
 from fgcli.errors import FgcliError
 from fgcli.export.deepstream import read_nvinfer_config, write_deepstream_config
-from fgcli.export.onnx import export_onnx, logit_tolerance, read_onnx_metadata
+from fgcli.export.onnx import export_onnx
+from fgcli.runtime.comparator import logit_tolerance
+from fgcli.runtime.onnx_meta import read_onnx_metadata
 from fgcli.export.triton import write_triton_repository
 from fgcli.runtime.onnx_runner import OnnxRunner
 

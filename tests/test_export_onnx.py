@@ -13,9 +13,9 @@ import torch
 from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fgcli.errors import FgcliError, MissingDependencyError
 from fgcli.export import onnx as export_module
-from fgcli.export.onnx import (
-    FP16_RTOL, compare_logits, export_fp16, export_onnx, read_onnx_metadata, require_parity,
-)
+from fgcli.export.onnx import FP16_RTOL, Parity, export_fp16, export_onnx, require_parity
+from fgcli.runtime.comparator import compare_logits
+from fgcli.runtime.onnx_meta import read_onnx_metadata
 from fgcli.models import create_model
 
 CLASS_NAMES = ["alpha", "beta", "gamma"]
@@ -105,14 +105,15 @@ def test_parity_failure_raises_and_writes_nothing(baseline_checkpoint, tmp_path,
 
 
 def test_a_top1_flip_within_the_logit_tolerance_still_fails():
-    parity = compare_logits(np.array([[1.0, 0.9996]]), np.array([[0.9996, 1.0]]), tolerance=1e-3)
+    parity = Parity(compare_logits(np.array([[1.0, 0.9996]]), np.array([[0.9996, 1.0]])), tolerance=1e-3)
     assert parity.max_abs_diff < 1e-3 and parity.top1_agreement == 0.0
     with pytest.raises(FgcliError, match="top-1 agreement 0.0%"):
         require_parity(parity, export_module.Path("model.onnx"), "PyTorch", strict_top1=True)
 
 
 def test_fp32_parity_tolerance_is_1e_3_and_grows_with_logits_above_10():
-    from fgcli.export.onnx import PARITY_ATOL, PARITY_RTOL, logit_tolerance
+    from fgcli.export.onnx import PARITY_ATOL, PARITY_RTOL
+    from fgcli.runtime.comparator import logit_tolerance
 
     assert logit_tolerance(np.array([[-3.0, 9.5]]), PARITY_ATOL, PARITY_RTOL) == 1e-3
     assert logit_tolerance(np.array([[-37.8, 2.0]]), PARITY_ATOL, PARITY_RTOL) == pytest.approx(3.78e-3)

@@ -19,10 +19,10 @@ from fgcli.report.bench import (
 )
 from fgcli.report.limit import device_limit
 from fgcli.report.render import limit_lines, main_table
-from fgcli.report.timing import Timing
 from fgcli.report.variants import ON_REQUEST, onnxruntime_device, parse_formats, plan_variants
 from fgcli.runtime.base import Runner
 from fgcli.runtime.peak import limit_fraction, measure_matmul_tflops
+from fgcli.runtime.timing import Timing, time_interleaved
 
 
 # --------------------------------------------------------------------------- torch variants
@@ -82,10 +82,11 @@ def test_planning_with_a_gpu_runs_every_torch_variant(monkeypatch, tmp_path):
     planned = plan_variants(TORCH_VARIANTS, checkpoint=True, export_dir=tmp_path, device="cuda")
     assert [(v.name, v.reason) for v in planned] == [(name, None) for name in TORCH_VARIANTS]
     assert [v.torch_mode for v in planned] == ["eager", "eager", "eager", "compiled", "graph", "compiled-graph"]
-    from fgcli.report.variants import CATALOG, Variant
+    from fgcli.formats import FORMATS, TORCH
+    from fgcli.report.variants import Variant
     from fgcli.runtime.torch_runner import TORCH_MODES
 
-    assert {Variant(name).torch_mode for name in CATALOG if name.startswith("torch-")} == set(TORCH_MODES)
+    assert {Variant(fmt.name).torch_mode for fmt in FORMATS if fmt.runtime == TORCH} == set(TORCH_MODES)
 
 
 def test_planning_without_a_gpu_keeps_fp32_and_says_why_the_rest_cannot_run(monkeypatch, tmp_path):
@@ -347,8 +348,6 @@ def test_half_precision_torch_variants_weigh_their_converted_weights():
 def test_timing_leaves_the_staging_outside_the_timed_call():
     """A GPU runner's host-to-device copy happens in stage_input, before the clock starts."""
     import time as clock
-
-    from fgcli.report.timing import time_interleaved
 
     class SlowCopy(FakeRunner):  # shaped like TorchRunner: run = copy to the device + forward
         def stage_input(self, images):

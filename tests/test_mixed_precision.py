@@ -18,14 +18,13 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from fgcli.data.preprocess import PreprocessConfig
-from fgcli.export.onnx import (
-    MIN_OPSET, checkpoint_metadata, convert_to_fp16, high_precision_nodes, read_onnx_metadata, set_onnx_metadata,
-    trace_to_onnx,
-)
+from fgcli.export.onnx import checkpoint_metadata, convert_to_fp16, high_precision_nodes, trace_to_onnx
+from fgcli.export.options import MIN_OPSET
 from fgcli.models import create_model
 from fgcli.models.numerics import query_key_softmax, scaled_softmax
 from fgcli.models.ssanet import distillation_attention
 from fgcli.models.tasn_sampler import attention_grid
+from fgcli.runtime.onnx_meta import read_onnx_metadata, set_onnx_metadata
 
 METHODS = ["baseline", "clan", "gcam-csa", "ssanet", "tdsa", pytest.param("tasn", marks=pytest.mark.slow)]
 NUM_CLASSES, SIZE = 5, 64

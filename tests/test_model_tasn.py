@@ -325,7 +325,8 @@ def test_modelopt_int8_quantizes_only_the_master_net_and_ort_int8_both_nets(tmp_
     from fgcli.calibration.modelopt_ptq import quantize_modelopt
     from fgcli.calibration.ort_int8 import quantize_ort
     from fgcli.data.preprocess import PreprocessConfig
-    from fgcli.export.onnx import export_onnx, read_onnx_metadata
+    from fgcli.export.onnx import export_onnx
+    from fgcli.runtime.onnx_meta import read_onnx_metadata
 
     checkpoint = {"method": "tasn", "backbone": "resnet18", "num_classes": NUM_CLASSES,
                   "class_names": [f"c{i}" for i in range(NUM_CLASSES)], "model_kwargs": {},

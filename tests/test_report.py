@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fgcli.data.preprocess import PreprocessConfig
 from fgcli.engine.evaluate import EvalResult
 from fgcli.errors import FgcliError
 from fgcli.report import SCHEMA, VARIANT_NAMES, ReportHooks, build_report, write_report
 from fgcli.report.core import agreement, worst_classes
 from fgcli.report.variants import AUTO_VARIANTS, ON_REQUEST, QAT_VARIANT
-from fgcli.report.timing import time_interleaved, timed_calls
-from fgcli.data.preprocess import PreprocessConfig
 from fgcli.runtime.base import Runner
+from fgcli.runtime.timing import time_interleaved, timed_calls
 from fgcli.runtime.doctor import LABELS
 
 FAST = {"batch_sizes": (1, 2), "iterations": 2, "warmup": 1, "calib_size": 24}

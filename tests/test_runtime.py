@@ -15,12 +15,12 @@ from test_export_onnx import CLASS_NAMES, PREPROCESS, baseline_checkpoint, expor
 from conftest import BLOCK_TORCH
 
 from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
+from fgcli.devices import parse_device
 from fgcli.errors import FgcliError, MissingDependencyError
 from fgcli.runtime import open_runner
-from fgcli.runtime.base import Runner, parse_device
-from fgcli.runtime.onnx_runner import (
-    CPU, CUDA, TENSORRT, OnnxRunner, decode_fgcli_metadata, encode_fgcli_metadata, select_providers,
-)
+from fgcli.runtime.base import Runner
+from fgcli.runtime.onnx_meta import decode_fgcli_metadata, encode_fgcli_metadata
+from fgcli.runtime.onnx_runner import CPU, CUDA, TENSORRT, OnnxRunner, select_providers
 from fgcli.runtime.torch_runner import TorchRunner
 
 

@@ -30,7 +30,7 @@ def _tiny_model(fragile: bool = True, quantizable: bool = True, channels: int = 
     from onnx import TensorProto, helper, numpy_helper
 
     import fgcli
-    from fgcli.export.onnx import set_onnx_metadata
+    from fgcli.runtime.onnx_meta import set_onnx_metadata
 
     rng = np.random.default_rng(0)
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 16, 16])
@@ -120,7 +120,9 @@ def test_modelopt_ranks_the_fragile_conv_first_and_its_loop_keeps_it_float(calib
     """The same measurement through modelopt's Q/DQ (each build calibrates in a child interpreter), on 32-channel
     convs: modelopt keeps 8-channel ones float by itself, fragile or not."""
     pytest.importorskip("modelopt")
-    from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes, measure_sensitivity
+    from fgcli.calibration.int8_builder import Int8Builder
+    from fgcli.calibration.mixed_precision import choose_float_nodes
+    from fgcli.calibration.sensitivity import measure_sensitivity
 
     fragile_onnx = _save(_tiny_model(channels=32), tmp_path / "wide" / "model.onnx")
     images = _images(64, seed=2)
@@ -151,7 +153,8 @@ def test_a_model_with_nothing_quantizable_is_a_clear_error(tmp_path, calib):
 
 def test_greedy_keeps_the_fragile_conv_float_and_stops_as_soon_as_the_target_is_met(fragile_onnx, calib, tmp_path,
                                                                                     sensitivity):
-    from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes
+    from fgcli.calibration.int8_builder import Int8Builder
+    from fgcli.calibration.mixed_precision import choose_float_nodes
 
     builder = Int8Builder(fragile_onnx, "ort", calib, tmp_path)
     seen = []
@@ -176,7 +179,8 @@ def test_an_unreachable_target_keeps_the_step_closest_to_fp32_and_never_floats_e
                                                                                           tmp_path, sensitivity):
     """Without the fragile conv among the candidates no step meets 100 %: the best step is kept, not the last; with
     every measured node a candidate (fragile last), the loop stops before a model with nothing quantized."""
-    from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes
+    from fgcli.calibration.int8_builder import Int8Builder
+    from fgcli.calibration.mixed_precision import choose_float_nodes
     from fgcli.calibration import quantized_nodes
     import onnx
 
@@ -202,9 +206,10 @@ def test_a_node_too_slow_to_keep_float_goes_back_to_int8_and_the_next_is_tried(f
                                                                                 sensitivity, monkeypatch):
     """A speed floor the fragile conv's float step falls below (timed by a stand-in: float there costs 5x) keeps
     it INT8: the loop moves on to the other nodes, and the chosen model never holds it float."""
-    import fgcli.calibration.sensitivity as sensitivity_module
+    import fgcli.calibration.mixed_precision as sensitivity_module
     from fgcli.calibration import quantized_nodes
-    from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes
+    from fgcli.calibration.int8_builder import Int8Builder
+    from fgcli.calibration.mixed_precision import choose_float_nodes
     import onnx
 
     def float_fragile_is_slow(fp32_runner, int8_path, images, iterations):
@@ -231,7 +236,8 @@ def test_a_node_too_slow_to_keep_float_goes_back_to_int8_and_the_next_is_tried(f
 
 
 def test_a_target_above_one_or_no_target_is_a_clear_error(fragile_onnx, calib, tmp_path):
-    from fgcli.calibration.sensitivity import Int8Builder, choose_float_nodes
+    from fgcli.calibration.int8_builder import Int8Builder
+    from fgcli.calibration.mixed_precision import choose_float_nodes
 
     builder = Int8Builder(fragile_onnx, "ort", calib, tmp_path)
     with pytest.raises(FgcliError, match="not a fraction"):
@@ -277,15 +283,16 @@ def test_export_auto_precision_writes_the_choice_into_export_record_and_metadata
     from conftest import write_tiny_folder_dataset
     from fgcli.calibration import AUTO_FLOAT_NODES_KEY, float_nodes
     from fgcli.calibration.ort_int8 import quantize_ort
-    from fgcli.export.onnx import load_onnx, read_onnx_metadata
-    from fgcli.export.pipeline import ExportOptions, ExportSummary, _auto_precision
+    from fgcli.runtime.onnx_meta import load_onnx, read_onnx_metadata
+    from fgcli.export.int8 import auto_precision
+    from fgcli.export.options import ExportOptions, ExportSummary
 
     data = write_tiny_folder_dataset(tmp_path / "data", {"train": 4, "test": 8})
     fp32 = _save(_tiny_model(), tmp_path / "export" / "model.onnx")
     opts = ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="both", auto_backend="ort",
                          calib_data=str(data), target_agreement=0.9)
     summary, steps = ExportSummary(fp32.parent), []
-    _auto_precision(fp32, calib, opts, summary, steps.append)
+    auto_precision(fp32, calib, opts, summary, steps.append)
     assert list(summary.artifacts) == ["onnx-int8-ort-auto"]  # the report asks modelopt's plain INT8 only
     info = summary.artifacts["onnx-int8-ort-auto"]
     assert info["auto_precision"]["float_nodes"] == [FRAGILE] and info["auto_precision"]["met"]
@@ -310,8 +317,11 @@ def test_auto_calib_starts_the_loop_from_the_calibration_closest_to_fp32(fragile
     mixed-precision model, and export.json keeps what each one reached."""
     from conftest import write_tiny_folder_dataset
     from fgcli.calibration.ort_int8 import CALIB_METHODS
-    from fgcli.calibration.sensitivity import best_calibration, output_error, validation_logits
-    from fgcli.export.pipeline import ExportOptions, ExportSummary, _auto_precision
+    from fgcli.calibration.int8_builder import best_calibration
+    from fgcli.runtime.comparator import compare_logits as output_error
+    from fgcli.runtime.onnx_runner import onnxruntime_logits as validation_logits
+    from fgcli.export.int8 import auto_precision
+    from fgcli.export.options import ExportOptions, ExportSummary
 
     images = _images(64, 2)
     builder, errors = best_calibration(fragile_onnx, "ort", calib, tmp_path / "work", images)
@@ -327,7 +337,7 @@ def test_auto_calib_starts_the_loop_from_the_calibration_closest_to_fp32(fragile
     opts = ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="ort", calib_data=str(data),
                          target_agreement=0.9, auto_calib=True)
     summary, steps = ExportSummary(fp32.parent), []
-    _auto_precision(fp32, calib, opts, summary, steps.append)
+    auto_precision(fp32, calib, opts, summary, steps.append)
     info = summary.artifacts["onnx-int8-ort-auto"]
     tried = info["calibration_methods"]
     assert tuple(tried) == CALIB_METHODS and info["calib_method"] == max(
@@ -364,7 +374,8 @@ def test_cli_export_rejects_a_target_agreement_above_one(tmp_path):
 
 def test_report_shows_the_auto_variant_and_its_float_nodes_beside_plain_int8(calib, tiny_dataset, tmp_path):
     from fgcli.calibration.ort_int8 import quantize_ort
-    from fgcli.export.pipeline import ExportOptions, ExportSummary, _auto_precision
+    from fgcli.export.int8 import auto_precision
+    from fgcli.export.options import ExportOptions, ExportSummary
     from fgcli.report import build_report
     from fgcli.report.render import main_table
     from fgcli.utils import write_json_atomic
@@ -372,7 +383,7 @@ def test_report_shows_the_auto_variant_and_its_float_nodes_beside_plain_int8(cal
     fp32 = _save(_tiny_model(), tmp_path / "export" / "model.onnx")
     summary = ExportSummary(fp32.parent)
     summary.artifacts["onnx-int8-ort"] = quantize_ort(fp32, calib, fp32.with_name("model.ort-int8.onnx")).to_dict()
-    _auto_precision(fp32, calib, ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="ort",
+    auto_precision(fp32, calib, ExportOptions(out_dir=fp32.parent, int8=True, int8_backend="ort",
                                                calib_data=str(tiny_dataset), target_agreement=0.9),
                     summary, lambda message: None)
     write_json_atomic(fp32.parent / "export.json", summary.to_dict())
@@ -414,7 +425,7 @@ def test_cli_export_with_a_target_on_a_trained_checkpoint_prints_the_trade_off(t
     from typer.testing import CliRunner
 
     from fgcli.cli import app
-    from fgcli.export.onnx import read_onnx_metadata
+    from fgcli.runtime.onnx_meta import read_onnx_metadata
 
     result = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--out", str(tmp_path), "--int8",
                                       "--int8-backend", "ort", "--calib-data", str(tiny_dataset), "--calib-size", "24",

@@ -114,7 +114,8 @@ def _onnx_parity(method: str, backbone: str, tmp_path) -> None:
     """fgcli's own export path (trace, onnxslim, checker, parity check) on a checkpoint dict."""
     pytest.importorskip("onnxruntime")
     from fgcli.data.preprocess import PreprocessConfig
-    from fgcli.export.onnx import export_onnx, onnxruntime_logits, synthetic_check_images, torch_logits
+    from fgcli.export.onnx import export_onnx, synthetic_check_images, torch_logits
+    from fgcli.runtime.onnx_runner import onnxruntime_logits
 
     model = _model(method, backbone).eval()
     kwargs = {"attention_backbone": backbone} if method == "tasn" else {}
@@ -193,7 +194,8 @@ def test_int8_quantizers_handle_depthwise_hardswish_and_se_blocks(dataset_64px, 
 
     from fgcli.data.preprocess import PreprocessConfig
     from fgcli.engine.checkpoint import save_checkpoint
-    from fgcli.export.onnx import onnxruntime_logits, synthetic_check_images
+    from fgcli.export.onnx import synthetic_check_images
+    from fgcli.runtime.onnx_runner import onnxruntime_logits
     from fgcli.export.pipeline import ExportOptions, export_all
 
     pytest.importorskip("modelopt")

@@ -12,19 +12,12 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from fgcli.calibration.dataset import CalibrationSet, load_calibration_set
 from fgcli.errors import FgcliError
-from fgcli.utils import atomic_path
+from fgcli.runtime.onnx_meta import (AUTO_FLOAT_NODES_KEY, FLOAT_NODES_KEY, PRECISION_KEY, SYMMETRIC_INT8_NODES_KEY,
+                                     metadata_props, metadata_value, replace_metadata_props, save_onnx)
 
-if TYPE_CHECKING:
-    from fgcli.calibration.dataset import CalibrationSet
-
-PRECISION_KEY = "fgcli.precision"
-SYMMETRIC_INT8_NODES_KEY = "fgcli.symmetric_int8_nodes"
-FLOAT_NODES_KEY = "fgcli.float_nodes"
-#: the nodes ``--target-agreement`` measured and kept in float (a JSON list), honoured by later quantizations
-AUTO_FLOAT_NODES_KEY = "fgcli.auto_float_nodes"
 QDQ_OP_TYPES = {"QuantizeLinear", "DequantizeLinear"}
 WEIGHTED_OP_TYPES = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # the layers INT8 is for
 LAYOUT_OP_TYPES = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
@@ -76,14 +69,14 @@ def quantized_nodes(model) -> tuple[dict[str, int], list[str]]:
 
 def symmetric_int8_pattern(model) -> str | None:
     """The exporting model's regex of the nodes modelopt may quantize (``FGVCModel.symmetric_int8_nodes``)."""
-    return _metadata(model, SYMMETRIC_INT8_NODES_KEY)
+    return metadata_value(model, SYMMETRIC_INT8_NODES_KEY)
 
 
 def float_nodes(source, graph, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The nodes of ``graph`` every quantizer leaves in float: the softmax-weighted ones, those matching the
     exporting model's ``FGVCModel.float_nodes``, those an earlier ``--target-agreement`` chose (both read from
     ``source``'s metadata), and ``extra`` (names a sensitivity measurement asks to keep float)."""
-    pattern = _metadata(source, FLOAT_NODES_KEY)
+    pattern = metadata_value(source, FLOAT_NODES_KEY)
     names = {node.name for node in graph.graph.node}
     declared = [node.name for node in graph.graph.node if pattern and re.fullmatch(pattern, node.name)]
     measured = [name for name in [*auto_float_nodes(source), *extra] if name in names]
@@ -92,12 +85,8 @@ def float_nodes(source, graph, extra: list[str] | tuple[str, ...] = ()) -> list[
 
 def auto_float_nodes(model) -> list[str]:
     """The node names ``model``'s metadata says a measured mixed precision keeps in float ([] when none)."""
-    text = _metadata(model, AUTO_FLOAT_NODES_KEY)
+    text = metadata_value(model, AUTO_FLOAT_NODES_KEY)
     return json.loads(text) if text else []
-
-
-def _metadata(model, key: str) -> str | None:
-    return next((prop.value for prop in model.metadata_props if prop.key == key), None)
 
 
 def softmax_weighted_nodes(model) -> list[str]:
@@ -118,8 +107,6 @@ def softmax_weighted_nodes(model) -> list[str]:
 def calibration_input(model, onnx_path: Path, calib: CalibrationSet | str | Path) -> tuple[str, CalibrationSet]:
     """The model's input name and the calibration set (loaded when ``calib`` is a calib.npz path), checked
     to match the input's (3, S, S)."""
-    from fgcli.calibration.dataset import CalibrationSet, load_calibration_set
-
     calib = calib if isinstance(calib, CalibrationSet) else load_calibration_set(calib)
     initializers = {init.name for init in model.graph.initializer}
     inputs = [value for value in model.graph.input if value.name not in initializers]
@@ -135,23 +122,14 @@ def calibration_input(model, onnx_path: Path, calib: CalibrationSet | str | Path
     return inputs[0].name, calib
 
 
-def save_with_metadata(model, source_model, out_path: str | Path) -> Path:
+def save_withmetadata_value(model, source_model, out_path: str | Path) -> Path:
     """Save ``model`` atomically with ``source_model``'s metadata_props, marking ``fgcli.precision`` int8.
 
     Quantizers rebuild the graph and drop metadata; without it the runtime cannot find the preprocessing
     and class names.
     """
-    metadata = {prop.key: prop.value for prop in source_model.metadata_props}
-    metadata[PRECISION_KEY] = "int8"
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        prop = model.metadata_props.add()
-        prop.key, prop.value = key, value
-    import onnx
-
-    with atomic_path(out_path) as tmp:
-        onnx.save(model, str(tmp))
-    return Path(out_path)
+    replace_metadata_props(model, {**metadata_props(source_model), PRECISION_KEY: "int8"})
+    return save_onnx(model, out_path)
 
 
 __all__ = ["QuantResult", "NothingQuantizedError", "quantized_nodes", "save_with_metadata", "calibration_input",
@@ -174,5 +152,5 @@ def finish_quantization(quantized, source, onnx_path: Path, out_path: Path, quan
         raise FgcliError(f"{quantizer} quantized {len(outside)} layers of {onnx_path} that the model keeps in high "
                          f"precision (e.g. {outside[0]}; allowed: {allowed})",
                          hint="report this with the method and the quantizer's version")
-    save_with_metadata(quantized, source, out_path)
+    save_withmetadata_value(quantized, source, out_path)
     return QuantResult(out_path, quantizer, calib_method, counts, names, calibration_images, seconds, extra=extra)

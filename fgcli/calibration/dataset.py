@@ -109,7 +109,7 @@ def balanced_order(samples: list[Sample], seed: int) -> list[Sample]:
     return order
 
 
-def build_calibration_set(data_root: str | Path, preprocess_cfg: PreprocessConfig, size: int = 512, seed: int = 0,
+def build_calibration_set(data_root: str | Path, preprocess_cfg: PreprocessConfig, size: int, seed: int = 0,
                           split: str = "train", layout: str = "auto",
                           progress: Callable[[int, int], None] | None = None) -> CalibrationSet:
     """Sample ``size`` images from ``split`` class-balanced and deterministically for ``seed``.

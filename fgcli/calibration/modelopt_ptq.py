@@ -27,7 +27,7 @@ from fgcli.calibration import (QuantResult, calibration_input, finish_quantizati
                                symmetric_int8_pattern)
 from fgcli.calibration.dataset import CalibrationSet
 from fgcli.errors import FgcliError
-from fgcli.export.onnx import load_onnx
+from fgcli.runtime.onnx_meta import load_onnx
 from fgcli.utils import optional_import
 
 # modelopt 0.47 INT8: "entropy" selects ORT's entropy calibrator, anything else MinMax, which with its

@@ -18,11 +18,16 @@ from pathlib import Path
 from fgcli.calibration import QuantResult, calibration_input, finish_quantization, float_nodes
 from fgcli.calibration.dataset import CalibrationSet
 from fgcli.errors import FgcliError
-from fgcli.export.onnx import load_onnx
+from fgcli.runtime.onnx_meta import load_onnx
 from fgcli.utils import optional_import
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 PURPOSE = "INT8 quantization with ONNX Runtime"
+
+
+def ort_calib_method(method: str) -> str:
+    """``--calib-method`` in ONNX Runtime's words: modelopt's "max" is its "minmax"."""
+    return {"max": "minmax"}.get(method, method)
 
 
 #: ORT's histogram calibrators stack every batch's activations into one array (``np.asarray`` over the batches),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,10 @@ from typing import Any
 import torch
 
 import fgcli
+from fgcli.engine.qat import is_qat_checkpoint, restore_quantizers
 from fgcli.errors import FgcliError
+from fgcli.models import create_model
+from fgcli.torch_files import torch_load_safely
 from fgcli.utils import atomic_path
 
 #: keys every checkpoint carries so that later commands need no flags repeated
@@ -32,28 +33,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
                              f"({str(exc).strip()[:200]}); the previous file, if any, is unchanged",
                              hint="free some space there (a full disk fails like this), or pass another --out") from None
     return Path(path)
-
-
-def torch_load_safely(path: str | os.PathLike, hint: str) -> Any:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never pickled code.
-
-    Its errors become one FgcliError that says whether the file is damaged or holds Python objects, without
-    torch's advice to retry with ``weights_only=False`` (which would run whatever the file carries).
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        called = re.search(r"GLOBAL ([\w.]+)", text)
-        other = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-        detail = (f"loading it would call {called.group(1)}" if called else
-                  other.group(1).strip() if other else "not a tensor pickle")
-        raise FgcliError(f"refused to load {path}: it is damaged or carries Python objects, not only tensors "
-                         f"({detail}); fgcli never runs code stored in a checkpoint", hint=hint) from None
-    except Exception as exc:  # torch raises RuntimeError for a damaged zip, EOFError or ValueError for others
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FgcliError(f"cannot read {path}: it is damaged or not a PyTorch file (truncated by a killed copy?): "
-                         f"{first_line}", hint=hint) from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -78,15 +57,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike = "the checkpoint"):
     """Rebuild the model a checkpoint describes (with its INT8 quantizers for a QAT run), load its weights, and
     return it in eval mode."""
-    from fgcli.models import create_model
-
     method = ckpt["method"]
     try:
         model = create_model(method, ckpt["num_classes"], backbone=ckpt["backbone"], **ckpt.get("model_kwargs", {}))
-        from fgcli.engine.qat import is_qat_checkpoint, restore_quantizers
-
         if is_qat_checkpoint(ckpt):  # a fgcli train --qat run: its fake INT8 quantizers first, their ranges are weights
-
             model = restore_quantizers(model, ckpt["qat"])
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:  # options, keys or shapes this model no longer has

@@ -149,9 +149,10 @@ def resolve_config(overrides: dict[str, Any], note: Callable[[str], None] = lamb
     if given.get("recipe"):
         values.update(load_recipe(given.get("method", "baseline"), given["recipe"]))
     if given.get("qat") and given.get("weights"):  # QAT: the trained run's settings, then a short low-rate schedule
+        from fgcli.engine.checkpoint import load_checkpoint  # imports torch
         from fgcli.engine.qat import qat_defaults
 
-        values.update(qat_defaults(given["weights"]))
+        values.update(qat_defaults(load_checkpoint(given["weights"]), given["weights"]))
     if given.get("resume"):
         values.update(_resumed_settings(Path(given.get("out", TrainConfig.out)), given, note))
     values.update(given)

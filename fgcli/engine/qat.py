@@ -142,13 +142,11 @@ def restore_quantizers(model, record: dict[str, Any]):
                          hint="use RUN/best.pt or RUN/last.pt as fgcli train --qat wrote it") from None
 
 
-def qat_defaults(source_checkpoint: str) -> dict[str, Any]:
-    """The TrainConfig values a QAT run takes from the run it fine-tunes: its method, backbone, preprocessing
-    and batch size, and a short low-rate schedule (``QAT_EPOCH_FRACTION`` of its epochs at ``QAT_LR_FACTOR`` of
-    its learning rate). Explicit options override them."""
-    from fgcli.engine.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(source_checkpoint)
+def qat_defaults(ckpt: dict[str, Any], source_checkpoint: str) -> dict[str, Any]:
+    """The TrainConfig values a QAT run takes from the run it fine-tunes (``ckpt``, loaded from
+    ``source_checkpoint``): its method, backbone, preprocessing and batch size, and a short low-rate schedule
+    (``QAT_EPOCH_FRACTION`` of its epochs at ``QAT_LR_FACTOR`` of its learning rate). Explicit options override
+    them."""
     if is_qat_checkpoint(ckpt):
         raise FgcliError(f"{source_checkpoint} is already a QAT run",
                          hint="resume it with --resume --out ITS_RUN_FOLDER, or start from the FP32 run it came from: "

@@ -32,6 +32,7 @@ from fgcli.data import load_split
 from fgcli.data.preprocess import PreprocessConfig
 from fgcli.data.torch_dataset import ImageDataset, SeededSampler, collate_with_bad
 from fgcli.data.transforms import Normalizer, eval_pixels, eval_transform, train_pixels
+from fgcli.devices import resolve_torch_device
 from fgcli.engine import distributed as dist_utils
 from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fgcli.engine.config import TrainConfig
@@ -40,7 +41,6 @@ from fgcli.engine.run_folder import RUN_FILES, check_run_folder, run_lock
 from fgcli.engine.tensorboard import PREVIEW_IMAGES, TensorBoardLogger
 from fgcli.errors import TERMINATED_EXIT_CODE, DataError, FgcliError, Interrupted, Terminated
 from fgcli.models import create_model
-from fgcli.runtime.torch_runner import resolve_torch_device
 from fgcli.utils import atomic_path, write_json_atomic
 
 #: callback(event, payload) used by the CLI to drive progress bars; the loop itself prints nothing

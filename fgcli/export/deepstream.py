@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fgcli.errors import FgcliError
+from fgcli.export.tensorrt import default_engine_path
+from fgcli.runtime.onnx_meta import read_onnx_metadata
 from fgcli.utils import write_text_atomic
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
@@ -66,9 +68,6 @@ def write_deepstream_config(
     implicit INT8 path (an FP32 ONNX built in INT8); a Q/DQ ONNX (modelopt) needs none. ``classifier_threshold``
     is compared with the model's largest output, which is a logit (fgcli exports no softmax).
     """
-    from fgcli.export.onnx import read_onnx_metadata
-    from fgcli.export.tensorrt import default_engine_path
-
     onnx_path = Path(onnx_path)
     if precision not in NETWORK_MODES:
         raise FgcliError(f"unknown precision '{precision}'", hint=f"use one of {', '.join(NETWORK_MODES)}")

@@ -13,19 +13,26 @@ import os
 import re
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 import fgcli
-from fgcli.data.preprocess import PreprocessConfig
+from fgcli.calibration import WEIGHTED_OP_TYPES, quantized_nodes
+from fgcli.data.images import BadImageError, load_rgb
+from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
+from fgcli.engine.config import check_img_size
+from fgcli.engine.qat import is_qat_checkpoint
 from fgcli.errors import FgcliError, MissingDependencyError
-from fgcli.runtime.onnx_runner import decode_fgcli_metadata, encode_fgcli_metadata
+from fgcli.export.options import MIN_OPSET
+from fgcli.formats import ONNX_FP16, ONNX_FP32, ONNX_INT8_QAT, file_of
+from fgcli.runtime.comparator import Comparison, compare_logits, logit_tolerance, within_tolerance
+from fgcli.runtime.onnx_meta import load_onnx, onnx_metadata, set_onnx_metadata
+from fgcli.runtime.onnx_runner import onnxruntime_logits
 from fgcli.utils import atomic_path, optional_import
 
-MIN_OPSET = 17  # adds LayerNormalization; the newest opset TensorRT 8.6's ONNX parser accepts
 #: max |logit difference| allowed between ONNX Runtime (FP32) and eager PyTorch: 1e-3, or 1e-4 of the largest
 #: |logit| when that is above 10. Float32 rounding is relative, so it grows with the logits: a random-weight
 #: ResNet-50 TASN at 448 px has logits up to 37.8 and differs by 1.06e-3 (2.8e-5 relative) after its sampler.
@@ -44,24 +51,32 @@ PARITY_BATCH = 16
 #: largest logit of 4.6 / 92 %, the same model in float64 PyTorch 0.035 / 0.43 / 98 %, and with its quantizers off
 #: (FP32) 0.29 / 2.4 / 62 %. A lost quantizer is caught by counting them (``require_quantized``)
 QAT_RMS_RTOL = 0.2
-#: the ONNX file of a QAT checkpoint (``fgcli train --qat``): Q/DQ INT8, beside where model.onnx would be
-QAT_ONNX = "model.qat.onnx"
 
 
 @dataclass(frozen=True)
 class Parity:
-    """How closely an exported model reproduces its reference on ``n_images`` images."""
+    """The export check of one file: how closely it reproduces its reference, and the tolerance it met."""
 
-    max_abs_diff: float
-    top1_agreement: float  # fraction of images with the same arg-max class
-    n_images: int
+    comparison: Comparison
     tolerance: float
-    rms_diff: float = 0.0  # RMS logit difference
     metric: str = "max"  # which difference the tolerance bounds: "max" (FP32, FP16) or "rms" (QAT Q/DQ)
 
     @property
-    def difference(self) -> float:
-        return self.rms_diff if self.metric == "rms" else self.max_abs_diff
+    def max_abs_diff(self) -> float:
+        return self.comparison.max_abs_diff
+
+    @property
+    def top1_agreement(self) -> float:
+        return self.comparison.agreement
+
+    @property
+    def n_images(self) -> int:
+        return self.comparison.n_images
+
+    def to_dict(self) -> dict[str, Any]:
+        """export.json's parity fields."""
+        return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement, "n_images": self.n_images,
+                "tolerance": self.tolerance, "rms_diff": self.comparison.logit_rmse, "metric": self.metric}
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ class ExportResult:
     parity: Parity
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "opset": self.opset, "img_size": self.img_size, **asdict(self.parity)}
+        return {"path": str(self.path), "opset": self.opset, "img_size": self.img_size, **self.parity.to_dict()}
 
 
 # --------------------------------------------------------------------------- entry points
@@ -96,8 +111,6 @@ def export_onnx(
     """
     if opset < MIN_OPSET:
         raise FgcliError(f"opset {opset} is too old for fgcli models", hint=f"use --opset {MIN_OPSET} or newer")
-    from fgcli.engine.qat import is_qat_checkpoint
-
     ckpt, model = load_eval_model(checkpoint)
     qat = is_qat_checkpoint(ckpt)
     preprocess = export_preprocess(ckpt, img_size)
@@ -116,9 +129,9 @@ def export_onnx(
     check_onnx(proto, "the exported graph")
     if qat:
         require_quantized(proto, "the checkpoint" if isinstance(checkpoint, dict) else checkpoint, model, images)
-        path, tolerance = Path(out_dir) / QAT_ONNX, QAT_RMS_RTOL * float(np.sqrt(np.mean(reference ** 2)))
+        path, tolerance = Path(out_dir) / file_of(ONNX_INT8_QAT), QAT_RMS_RTOL * float(np.sqrt(np.mean(reference ** 2)))
     else:
-        path, tolerance = Path(out_dir) / "model.onnx", logit_tolerance(reference, PARITY_ATOL, PARITY_RTOL)
+        path, tolerance = Path(out_dir) / file_of(ONNX_FP32), logit_tolerance(reference, PARITY_ATOL, PARITY_RTOL)
     parity = save_checked_onnx(proto, path, graph_images, reference, tolerance,
                                "the fake-quantized PyTorch model" if qat else "PyTorch", strict_top1=not qat,
                                metric="rms" if qat else "max")
@@ -169,8 +182,6 @@ def require_quantized(proto, source: str, model, images: np.ndarray) -> None:
     make TensorRT run that layer in float."""
     import torch
 
-    from fgcli.calibration import WEIGHTED_OP_TYPES, quantized_nodes
-
     called = set()
     hooks = [module.register_forward_hook(lambda m, args, out: called.add(id(m))) for module in model.modules()
              if getattr(getattr(module, "weight_quantizer", None), "is_enabled", False)]
@@ -203,9 +214,9 @@ def export_fp16(
     logits differ from FP32 by more than FP16_RTOL x max(1, max |FP32 logit|).
     """
     onnx_path = Path(onnx_path)
-    out_path = Path(out_path) if out_path is not None else onnx_path.with_name("model.fp16.onnx")
+    out_path = Path(out_path) if out_path is not None else onnx_path.with_name(file_of(ONNX_FP16))
     proto = load_onnx(onnx_path)
-    meta = decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, onnx_path)
+    meta = onnx_metadata(proto, onnx_path)
     if meta["precision"] != "fp32":
         raise FgcliError(f"{onnx_path} is already {meta['precision']}", hint="convert the FP32 model.onnx")
     proto = convert_to_fp16(proto, keep_io_fp32, high_precision_nodes(proto, meta))
@@ -248,28 +259,10 @@ def convert_to_fp16(proto, keep_io_fp32: bool, fp32_nodes: Sequence[str] = ()):
     return model.model
 
 
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Decoded fgcli metadata of an ONNX file: class_names, preprocess, method, backbone, precision, version."""
-    proto = load_onnx(path, load_external_data=False)
-    return decode_fgcli_metadata({p.key: p.value for p in proto.metadata_props}, path)
-
-
-def load_onnx(path: str | os.PathLike, load_external_data: bool = True):
-    """onnx.load with errors that name the file."""
-    onnx = optional_import("onnx", "onnx", "Reading ONNX models")
-    path = Path(path)
-    if not path.is_file():
-        raise FgcliError(f"ONNX model not found: {path}", hint="`fgcli export CHECKPOINT` writes DIR/model.onnx")
-    try:
-        return onnx.load(str(path), load_external_data=load_external_data)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise FgcliError(f"cannot read {path} as ONNX: {exc}", hint="re-export it with `fgcli export`") from exc
-
-
 # --------------------------------------------------------------------------- steps
 def load_eval_model(checkpoint: str | os.PathLike | dict[str, Any]):
     """(checkpoint dict, eval-mode model on CPU) from a path or an already-loaded checkpoint."""
-    from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint  # imports torch
 
     if isinstance(checkpoint, dict):
         return checkpoint, model_from_checkpoint(checkpoint).cpu().eval()
@@ -282,8 +275,6 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
     trained = PreprocessConfig.from_dict(ckpt["preprocess"])
     if img_size is None or img_size == trained.img_size:
         return trained
-    from fgcli.engine.config import check_img_size
-
     check_img_size(img_size)
     resize_size = int(img_size * trained.resize_size / trained.img_size + 0.5)
     return PreprocessConfig(img_size, resize_size, trained.mean, trained.std)
@@ -292,8 +283,6 @@ def export_preprocess(ckpt: dict[str, Any], img_size: int | None) -> PreprocessC
 def checkpoint_metadata(ckpt: dict[str, Any], preprocess: PreprocessConfig, model) -> dict[str, Any]:
     """The decoded fgcli metadata of the export of ``ckpt`` (FP32, or INT8 for a QAT run); the ``model``'s INT8
     node choices travel to the quantizers (``FGVCModel.symmetric_int8_nodes`` / ``float_nodes``)."""
-    from fgcli.engine.qat import is_qat_checkpoint
-
     qat = is_qat_checkpoint(ckpt)
     return {
         "method": ckpt["method"], "backbone": ckpt["backbone"], "class_names": list(ckpt["class_names"]),
@@ -369,15 +358,6 @@ def simplify_onnx(proto):
     return onnxslim.slim(proto)
 
 
-def set_onnx_metadata(proto, meta: dict[str, Any]) -> None:
-    """Replace the model's ``fgcli.*`` metadata_props with ``meta`` (decoded form); other props are kept."""
-    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("fgcli.")]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *encode_fgcli_metadata(meta).items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
 def check_onnx(proto, what: str) -> None:
     """onnx.checker with shape inference; a failure is a bug in the model or the exporter, so say so."""
     onnx = optional_import("onnx", "onnx", "ONNX validation")
@@ -385,12 +365,7 @@ def check_onnx(proto, what: str) -> None:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise FgcliError(f"{what} is not a valid ONNX model: {exc}",
-                         hint="try --no-simplify or another --opset, and report the method that fails") from exc
-
-
-def logit_tolerance(reference: np.ndarray, atol: float, rtol: float) -> float:
-    """``atol``, or ``rtol`` of the largest reference |logit| when that is larger: rounding grows with the logits."""
-    return max(atol, rtol * float(np.abs(reference).max()))
+                         hint="try another --opset, and report the method that fails") from exc
 
 
 def save_checked_onnx(proto, path: Path, images: np.ndarray, reference: np.ndarray, tolerance: float,
@@ -401,7 +376,7 @@ def save_checked_onnx(proto, path: Path, images: np.ndarray, reference: np.ndarr
     onnx = optional_import("onnx", "onnx", "ONNX export")
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
-        parity = compare_logits(reference, onnxruntime_logits(tmp, images), tolerance, metric)
+        parity = Parity(compare_logits(reference, onnxruntime_logits(tmp, images)), tolerance, metric)
         require_parity(parity, path, reference_name, strict_top1)
     return parity
 
@@ -419,9 +394,6 @@ def synthetic_check_images(img_size: int, count: int = 8, seed: int = 0) -> np.n
 def check_images_from_split(split, preprocess: PreprocessConfig, count: int = 16) -> np.ndarray:
     """Up to ``count`` preprocessed images spread evenly over a DatasetSplit (so several classes show up);
     unreadable files are skipped."""
-    from fgcli.data.images import BadImageError, load_rgb
-    from fgcli.data.preprocess import preprocess_eval
-
     samples = split.samples
     picks = [samples[i] for i in np.linspace(0, len(samples) - 1, min(count, len(samples)), dtype=int)]
     arrays = []
@@ -457,36 +429,13 @@ def torch_logits(model, images: np.ndarray) -> np.ndarray:
         return np.concatenate([model(torch.from_numpy(batch)).float().numpy() for batch in _batches(images)])
 
 
-def onnxruntime_logits(path: Path, images: np.ndarray) -> np.ndarray:
-    """Logits from ONNX Runtime on CPU: the reference platform for parity (same kernels everywhere)."""
-    from fgcli.runtime.onnx_runner import OnnxRunner
-
-    with OnnxRunner(path, device="cpu") as runner:
-        return np.concatenate([runner.run(batch) for batch in _batches(images)])
-
-
-def compare_logits(reference: np.ndarray, candidate: np.ndarray, tolerance: float, metric: str = "max") -> Parity:
-    if reference.shape != candidate.shape:
-        raise FgcliError(f"logits shapes differ: reference {reference.shape}, exported {candidate.shape}")
-    difference = reference.astype(np.float64) - candidate
-    return Parity(
-        max_abs_diff=float(np.abs(difference).max()),
-        top1_agreement=float((reference.argmax(1) == candidate.argmax(1)).mean()),
-        n_images=len(reference), tolerance=float(tolerance), rms_diff=float(np.sqrt(np.mean(difference ** 2))),
-        metric=metric,
-    )
-
-
 def require_parity(parity: Parity, path: Path, reference_name: str, strict_top1: bool) -> None:
     """Raise when ``path`` drifted from its reference."""
-    bad_diff = not parity.difference <= parity.tolerance  # NaN fails too
-    bad_top1 = strict_top1 and parity.top1_agreement < 1.0
-    if bad_diff or bad_top1:
+    if not within_tolerance(parity.comparison, parity.tolerance, parity.metric, strict_top1):
         raise FgcliError(
             f"{path} does not match {reference_name}: {'RMS' if parity.metric == 'rms' else 'max'} |logit diff| "
-            f"{parity.difference:.3g} (allowed {parity.tolerance:.3g}; max {parity.max_abs_diff:.3g}), top-1 "
-            f"agreement {parity.top1_agreement:.1%} on "
-            f"{parity.n_images} images",
-            hint="re-export with --no-simplify or another --opset; if it persists, the model uses an op the "
+            f"{parity.comparison.difference(parity.metric):.3g} (allowed {parity.tolerance:.3g}; max "
+            f"{parity.max_abs_diff:.3g}), top-1 agreement {parity.top1_agreement:.1%} on {parity.n_images} images",
+            hint="re-export with another --opset; if it persists, the model uses an op the "
                  "exporter translates wrongly: report it with the method and backbone",
         )

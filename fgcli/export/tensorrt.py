@@ -52,7 +52,8 @@ from pathlib import Path
 
 from fgcli.calibration import QDQ_OP_TYPES
 from fgcli.errors import FgcliError
-from fgcli.runtime.onnx_runner import decode_fgcli_metadata
+from fgcli.export.options import DEFAULT_BATCH, DEFAULT_WORKSPACE_GIB
+from fgcli.runtime.onnx_meta import decode_fgcli_metadata, load_onnx, metadata_props
 from fgcli.runtime.tensorrt_runner import (
     TENSORRT, TENSORRT_RTX, backend_of, cuda_device_info, import_tensorrt, sidecar_path, tensorrt_version,
 )
@@ -95,13 +96,7 @@ def inspect_onnx(onnx_path: str | Path) -> OnnxSummary:
     """Classify the ONNX (Q/DQ, float16 or float32) and collect its fgcli metadata_props."""
     onnx = optional_import("onnx", "onnx", "Reading the ONNX model before building the engine")
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FgcliError(f"{onnx_path} does not exist", hint="export one with `fgcli export CHECKPOINT`")
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises protobuf DecodeError and others for a damaged file
-        raise FgcliError(f"{onnx_path} is not a readable ONNX model: {exc}",
-                         hint="re-export it with `fgcli export CHECKPOINT`") from exc
+    model = load_onnx(onnx_path, load_external_data=False)
     graph = model.graph
     float16 = onnx.TensorProto.FLOAT16
     value_infos = [*graph.input, *graph.output, *graph.value_info]
@@ -111,7 +106,7 @@ def inspect_onnx(onnx_path: str | Path) -> OnnxSummary:
                        for node in graph.node for attr in node.attribute))
     has_qdq = any(node.op_type in QDQ_OP_TYPES for node in graph.node)
     kind = "int8" if has_qdq else "fp16" if has_fp16 else "fp32"
-    props = {p.key: p.value for p in model.metadata_props if p.key.startswith("fgcli.")}
+    props = metadata_props(model, fgcli_only=True)
     return OnnxSummary(kind=kind, metadata_props=props, sha256=sha256_file(onnx_path))
 
 
@@ -238,6 +233,44 @@ def _attach_timing_cache(trt, config, path: Path | None):
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
+def _builder_config(trt, builder, plan: BuildPlan, input_name: str, profile_shapes: dict, workspace_gib: float,
+                    dla_core: int | None):
+    """The builder config: workspace limit, the (min, opt, max) profile of the input, the plan's flags (plus GPU
+    fallback on a DLA core); returns it with the flags set, which the sidecar records."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    flags = list(plan.flags)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, *profile_shapes.values())
+    config.add_optimization_profile(profile)
+    if dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        flags.append("GPU_FALLBACK")
+    for flag in flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    return config, flags
+
+
+def _build_serialized(builder, network, config, calibrator, onnx_path: Path):
+    """(the serialized engine, build seconds); a build TensorRT refuses is an FgcliError (naming a calibration
+    cache it may have rejected)."""
+    start = time.perf_counter()
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if calibrator is not None:
+            calibrator.close()
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        cause = ""
+        if calibrator is not None and calibrator.cache_read and calibrator.calib_data is None:
+            cause = f" (TensorRT may have rejected the calibration cache {calibrator.cache_path})"
+        raise FgcliError(f"TensorRT failed to build {onnx_path}{cause}",
+                         hint="rerun with --verbose to see the builder log")
+    return serialized, seconds
+
+
 def _attach_calibrator(trt, builder, config, input_name: str, chw: tuple[int, int, int], cache: Path,
                        calib_data, calib_batch: int):
     """Entropy calibrator 2 plus the fixed-shape calibration profile TensorRT needs for a dynamic batch."""
@@ -258,8 +291,8 @@ def build_engine(
     onnx_path: str | Path,
     out_path: str | Path | None = None,
     precision: str | None = None,
-    batch: tuple[int, int, int] = (1, 8, 32),
-    workspace_gib: float = 4.0,
+    batch: tuple[int, int, int] = DEFAULT_BATCH,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
     timing_cache: str | Path | None = None,
     dla_core: int | None = None,
     calib_cache: str | Path | None = None,
@@ -290,24 +323,12 @@ def build_engine(
     builder = trt.Builder(logger)
     _check_dla(builder, dla_core, plan)
     network = builder.create_network(_network_flags(trt, plan))
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, logger)  # kept referenced until the build: the network reads its weights
     if not parser.parse_from_file(str(onnx_path)):
         raise _parse_error(parser, onnx_path)
     tensor = _input_tensor(network, onnx_path)
     profile_shapes = _profile_shapes(tensor, tuple(batch), onnx_path)
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    flags = list(plan.flags)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(tensor.name, *profile_shapes.values())
-    config.add_optimization_profile(profile)
-    if dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = dla_core
-        flags.append("GPU_FALLBACK")
-    for flag in flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
+    config, flags = _builder_config(trt, builder, plan, tensor.name, profile_shapes, workspace_gib, dla_core)
     _attach_timing_cache(trt, config, timing_cache)
     calibrator = None
     if plan.path == LEGACY_CALIBRATOR:
@@ -316,19 +337,7 @@ def build_engine(
                                         calib_data, calib_batch)
 
     log.info("building %s (%s, %s) with TensorRT %s", engine_path, plan.precision, plan.path, trt.__version__)
-    start = time.perf_counter()
-    try:
-        serialized = builder.build_serialized_network(network, config)
-    finally:
-        if calibrator is not None:
-            calibrator.close()
-    seconds = time.perf_counter() - start
-    if serialized is None:
-        cause = ""
-        if calibrator is not None and calibrator.cache_read and calibrator.calib_data is None:
-            cause = f" (TensorRT may have rejected the calibration cache {calibrator.cache_path})"
-        raise FgcliError(f"TensorRT failed to build {onnx_path}{cause}",
-                         hint="rerun with --verbose to see the builder log")
+    serialized, seconds = _build_serialized(builder, network, config, calibrator, onnx_path)
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
     if timing_cache is not None:

@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 
 from fgcli.errors import FgcliError
+from fgcli.export.deepstream import deploy_name
+from fgcli.runtime.onnx_meta import load_onnx, read_onnx_metadata
 from fgcli.utils import atomic_path, make_output_folder, write_text_atomic
 
 #: ONNX TensorProto element type -> Triton data type
@@ -24,8 +26,6 @@ LABELS_FILE = "labels.txt"
 
 def onnx_io(onnx_path: Path) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
     """``(inputs, outputs)`` of the graph as ``(name, triton type, dims without the batch axis)``."""
-    from fgcli.export.onnx import load_onnx
-
     graph = load_onnx(onnx_path, load_external_data=False).graph
 
     def describe(values):
@@ -54,9 +54,6 @@ def write_triton_repository(
     ``onnx_path`` is the fgcli ONNX (its metadata gives the class names and its graph the tensors); with
     ``engine_path`` the repository serves that TensorRT engine (``tensorrt_plan``) instead of the ONNX.
     """
-    from fgcli.export.deepstream import deploy_name
-    from fgcli.export.onnx import read_onnx_metadata
-
     onnx_path = Path(onnx_path)
     if max_batch_size < 1:
         raise FgcliError(f"max_batch_size {max_batch_size} must be at least 1")

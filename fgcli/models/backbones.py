@@ -192,7 +192,7 @@ def _load_local_weights(path: str, name: str) -> dict:
     """A torchvision ResNet state dict from disk; ``fc.*`` may be absent (it is replaced anyway)."""
     if not os.path.isfile(path):
         raise FgcliError(f"weights file not found: {path}", hint="pass the path of a torchvision .pth state dict")
-    from fgcli.engine.checkpoint import torch_load_safely
+    from fgcli.torch_files import torch_load_safely
 
     state = torch_load_safely(path, hint="pass a torch state dict (.pth) or an fgcli checkpoint (RUN/best.pt)")
     if isinstance(state, dict) and "state_dict" in state:

@@ -3,11 +3,24 @@
 Light to import (no torch, no matplotlib at module level): ``fgcli report EXPORT_DIR`` runs where only
 onnxruntime is installed. ``build_report`` measures, ``write_report`` writes report.md / .json / .png,
 ``compare_reports`` + ``write_comparison`` put several reports in one table and plot.
+
+The names below are loaded when first used (PEP 562), so ``fgcli.report.options`` (the CLI's defaults) imports
+without the measuring modules.
 """
 
-from fgcli.report.compare import COMPARE_SCHEMA, compare_reports, load_report, write_comparison
-from fgcli.report.core import SCHEMA, ReportHooks, build_report, parse_batch_sizes, write_report
-from fgcli.report.variants import VARIANT_NAMES, Variant, parse_formats
+from importlib import import_module
 
-__all__ = ["SCHEMA", "COMPARE_SCHEMA", "VARIANT_NAMES", "ReportHooks", "Variant", "build_report", "write_report",
-           "parse_batch_sizes", "parse_formats", "compare_reports", "load_report", "write_comparison"]
+#: public name -> the module of this package that defines it
+_PUBLIC = {
+    "COMPARE_SCHEMA": "compare", "compare_reports": "compare", "load_report": "compare", "write_comparison": "compare",
+    "SCHEMA": "core", "ReportHooks": "core", "build_report": "core", "write_report": "core",
+    "ReportOptions": "options", "parse_batch_sizes": "options",
+    "VARIANT_NAMES": "variants", "Variant": "variants", "parse_formats": "variants",
+}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'fgcli.report' has no attribute '{name}'")
+    return getattr(import_module(f"fgcli.report.{_PUBLIC[name]}"), name)

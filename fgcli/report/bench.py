@@ -19,19 +19,21 @@ import numpy as np
 
 import fgcli
 from fgcli.errors import FgcliError
+from fgcli.formats import BY_NAME, TORCH
 from fgcli.report.limit import COUNTED_MODEL, is_gpu_placement, limit_summary
+from fgcli.report.options import BENCH_ITERATIONS, BENCH_WARMUP
+from fgcli.report.plots import COLORS, _figure, _save
 from fgcli.report.render import DASH, markdown_table, pct
-from fgcli.report.timing import throughput_rounds
-from fgcli.report.variants import TORCH, onnxruntime_device, parse_formats, plan_variants
+from fgcli.report.variants import onnxruntime_device, parse_formats, plan_variants
+from fgcli.runtime import RUNNER_SUFFIXES, open_runner
 from fgcli.runtime.peak import limit_fraction
+from fgcli.runtime.timing import throughput_rounds
+from fgcli.runtime.torch_runner import TorchRunner
 from fgcli.utils import write_json_atomic, write_text_atomic
 
 BENCH_SCHEMA = "fgcli.bench/1"
 #: the knee: the smallest batch reaching this share of the best throughput
 KNEE_SHARE = 0.9
-DEFAULT_MAX_BATCH = 256
-DEFAULT_ITERATIONS = 64
-DEFAULT_WARMUP = 3
 #: what a runtime says when a batch does not fit in device memory (PyTorch, ONNX Runtime, TensorRT)
 OUT_OF_MEMORY = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation")
 
@@ -69,8 +71,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or any(text in str(exc).lower() for text in OUT_OF_MEMORY)
 
 
-def run_sweep(runners: dict, batches: Sequence[int], iterations: int = DEFAULT_ITERATIONS,
-              warmup: int = DEFAULT_WARMUP, progress: Callable[[int], None] | None = None,
+def run_sweep(runners: dict, batches: Sequence[int], iterations: int = BENCH_ITERATIONS,
+              warmup: int = BENCH_WARMUP, progress: Callable[[int], None] | None = None,
               seed: int = 0) -> list[Sweep]:
     """Time every runner (name -> Runner) at each batch size, round robin; ``iterations`` images' worth of calls
     per batch (at least 3, ``throughput_rounds``) after ``warmup`` untimed ones (at least 1). A runner that runs
@@ -118,8 +120,6 @@ def bench_calls(batches: Sequence[int], iterations: int) -> int:
 def open_bench_runners(source: Path, formats: str | None, device: str) -> tuple[dict, list[tuple[str, str]]]:
     """(name -> open Runner, [(name, reason)] of those that cannot run here) for a .pt checkpoint's torch variants
     in ``formats`` (default: the torch group), or the one model of a .onnx / .engine file."""
-    from fgcli.runtime import RUNNER_SUFFIXES, open_runner
-
     suffix = source.suffix.lower()
     usage = "fgcli bench RUN/best.pt, or EXPORT_DIR/model.onnx, or a TensorRT .engine"
     if suffix not in RUNNER_SUFFIXES:
@@ -132,11 +132,10 @@ def open_bench_runners(source: Path, formats: str | None, device: str) -> tuple[
                              hint=f"fgcli bench {source} runs that one model; drop --formats")
         runtime_device = onnxruntime_device(device) if suffix == ".onnx" else device  # as in the report
         return {source.name: open_runner(source, device=runtime_device, spin_wait=False)}, []
-    from fgcli.engine.checkpoint import load_checkpoint
-    from fgcli.runtime.torch_runner import TorchRunner
+    from fgcli.engine.checkpoint import load_checkpoint  # imports torch
 
     names = parse_formats(formats or "torch", require_reference=False)
-    others = [name for name in names if not name.startswith("torch-")]
+    others = [name for name in names if BY_NAME[name].runtime != TORCH]
     if others:
         raise FgcliError(f"fgcli bench runs a checkpoint's torch variants, not {', '.join(others)}",
                          hint="bench an exported model by its file: fgcli bench EXPORT_DIR/model.int8.onnx")
@@ -247,8 +246,6 @@ def _best(variant: dict[str, Any]) -> str:
 
 def plot_bench(record: dict[str, Any], out_path: str | Path) -> Path:
     """images/s against batch size (log 2 axis), one line per variant, its knee circled."""
-    from fgcli.report.plots import COLORS, _figure, _save
-
     figure = _figure(figsize=(9, 5.5))
     ax = figure.subplots()
     for index, v in enumerate(record["variants"]):

@@ -2,13 +2,12 @@
 
 Grad-CAM and the method maps read the PyTorch model's layers, so they need the .pt checkpoint. Occlusion
 sensitivity needs nothing but logits, so it runs on every Runner (PyTorch, ONNX FP32, ONNX INT8, TensorRT): that
-is how ``write_variant_grid`` shows whether quantization moved the attention. torch is imported inside the
+is how ``draw_variant_grid`` shows whether quantization moved the attention. torch is imported inside the
 functions that need it, so an ONNX-only machine can still draw occlusion grids.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,10 +16,12 @@ import numpy as np
 
 from fgcli.data.images import load_rgb
 from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
+from fgcli.devices import resolve_torch_device
 from fgcli.engine.metrics import softmax
 from fgcli.engine.predict import find_images
 from fgcli.errors import DataError, FgcliError
 from fgcli.report.overlay import Panel, Row, save_rows
+from fgcli.runtime.torch_runner import TorchRunner
 
 #: occluded images per ``runner.run`` call: the default TensorRT profile's largest batch
 OCCLUSION_BATCH = 32
@@ -248,7 +249,6 @@ def write_cam_figures(checkpoint: str | Path, image_paths: list[str], out_dir: s
     import torch
 
     from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fgcli.runtime.torch_runner import resolve_torch_device
 
     ckpt = load_checkpoint(require_checkpoint_path(checkpoint))
     torch_device = resolve_torch_device(torch, device)
@@ -311,23 +311,14 @@ def _method_row(model, preprocess: PreprocessConfig, class_names: list[str], pat
     return Row(caption, panels, correct)
 
 
-def write_variant_grid(variant_paths: dict[str, Path], image_paths: list[str], out_path: Path, device: str = "cpu",
-                       grid: int = 7) -> Path:
-    """One row per image: the input, each variant's occlusion map, then Grad-CAM for each .pt variant.
+def draw_variant_grid(runners: dict, image_paths: list[str], out_path: Path, grid: int = 7,
+                      progress: Callable[[int], object] | None = None) -> Path:
+    """One row per image: the input, each runner's occlusion map, then Grad-CAM for each PyTorch runner;
+    ``progress(1)`` per image.
 
     Occlusion maps in a row share one colour scale (0 to the row's largest probability drop), so an INT8 model
     that looks elsewhere, or relies less on a region, than FP32 shows it. Unreadable images raise BadImageError.
     """
-    from fgcli.runtime import open_runner
-
-    with ExitStack() as stack:
-        runners = {name: stack.enter_context(open_runner(path, device=device)) for name, path in variant_paths.items()}
-        return draw_variant_grid(runners, image_paths, out_path, grid)
-
-
-def draw_variant_grid(runners: dict, image_paths: list[str], out_path: Path, grid: int = 7,
-                      progress: Callable[[int], object] | None = None) -> Path:
-    """``write_variant_grid`` over runners that are already open (the report's); ``progress(1)`` per image."""
     rows = []
     for path in image_paths:
         rows.append(_variant_row(runners, path, load_rgb(path), grid))
@@ -337,8 +328,6 @@ def draw_variant_grid(runners: dict, image_paths: list[str], out_path: Path, gri
 
 
 def _variant_row(runners: dict, path: str | Path, rgb, grid: int) -> Row:
-    from fgcli.runtime.torch_runner import TorchRunner
-
     inputs = {name: preprocess_eval(rgb, runner.preprocess) for name, runner in runners.items()}
     images = {name: display_image(inputs[name], runner.preprocess) for name, runner in runners.items()}
     occlusions = {name: occlusion_map(runner, inputs[name], grid) for name, runner in runners.items()}

@@ -14,6 +14,7 @@ from typing import Any
 
 from fgcli.errors import FgcliError
 from fgcli.report.core import SCHEMA
+from fgcli.report.plots import plot_comparison
 from fgcli.report.render import DASH, accelerator, markdown_table, ms, pct, points, ratio, rich_table
 from fgcli.utils import write_json_atomic, write_text_atomic
 
@@ -106,8 +107,6 @@ def render_comparison_markdown(comparison: dict[str, Any], png_name: str = "comp
 
 def write_comparison(comparison: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """compare.json, compare.md and compare.png in ``out_dir``, each written atomically."""
-    from fgcli.report.plots import plot_comparison
-
     out_dir = Path(out_dir)
     return {"json": write_json_atomic(out_dir / "compare.json", comparison),
             "md": write_text_atomic(out_dir / "compare.md", render_comparison_markdown(comparison)),

@@ -12,7 +12,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 
@@ -20,25 +20,29 @@ import fgcli
 from fgcli.data import load_split
 from fgcli.engine.batches import iter_image_batches
 from fgcli.engine.evaluate import evaluate_runner
+from fgcli.engine.qat import is_qat_checkpoint
 from fgcli.errors import FgcliError
+from fgcli.formats import ONNX_FILES, ONNXRUNTIME, TENSORRT, TORCH
 from fgcli.report.artifacts import attach_onnx_artifact, export_for_report, prepare_engines, read_export_record
+from fgcli.report.cam import draw_variant_grid
 from fgcli.report.limit import device_limit
-from fgcli.report.timing import throughput_rounds, time_interleaved, timed_calls
+from fgcli.report.options import ReportOptions
+from fgcli.report.plots import plot_report
+from fgcli.report.render import render_markdown
 from fgcli.report.variants import (
-    AUTO_VARIANTS, NOTE_ORT_ON_CPU, ONNX_FILES, ONNXRUNTIME, QAT_VARIANT, REFERENCE_CANDIDATES, TENSORRT, TORCH,
-    Variant, onnxruntime_device, parse_formats, plan_variants,
+    AUTO_VARIANTS, NOTE_ORT_ON_CPU, QAT_VARIANT, REFERENCE_CANDIDATES, Variant, onnxruntime_device, parse_formats,
+    plan_variants,
 )
 from fgcli.runtime import open_runner
+from fgcli.runtime.comparator import top1_agreement
 from fgcli.runtime.doctor import collect_environment
+from fgcli.runtime.timing import throughput_rounds, time_interleaved, timed_calls
+from fgcli.runtime.torch_runner import TorchRunner
 from fgcli.utils import optional_import, write_json_atomic, write_text_atomic
 
 SCHEMA = "fgcli.report/1"
 #: classes listed per variant under "the classes that lost most"
 WORST_CLASSES = 5
-DEFAULT_BATCH_SIZES = (1, 8, 32)
-DEFAULT_ITERATIONS = 100
-DEFAULT_WARMUP = 10
-DEFAULT_CAM_IMAGES = 4
 ATTENTION_PNG = "report_cam.png"
 
 
@@ -65,51 +69,22 @@ class ReportHooks:
     planned: Callable[[list[Variant]], None] = _ignore
 
 
-def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
-    """``"1,8,32"`` (or a sequence) -> sorted distinct positive batch sizes."""
-    try:
-        sizes = [int(v) for v in (text.split(",") if isinstance(text, str) else text)]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise FgcliError(f"--batch-sizes '{text}' is not a list of positive integers", hint="e.g. --batch-sizes 1,8,32")
-    return sorted(set(sizes))
-
-
-def build_report(
-    source: str | Path,
-    data: str | Path,
-    out_dir: str | Path,
-    *,
-    formats: str | Sequence[str] | None = None,
-    batch_sizes: str | Sequence[int] = DEFAULT_BATCH_SIZES,
-    device: str = "auto",
-    iterations: int = DEFAULT_ITERATIONS,
-    warmup: int = DEFAULT_WARMUP,
-    calib_size: int = 512,
-    split: str = "test",
-    layout: str = "auto",
-    cam_images: int = DEFAULT_CAM_IMAGES,
-    target_agreement: float | None = None,
-    val_size: int = 256,
-    max_drop: float | None = None,
-    qat: str | Path | None = None,
-    hooks: ReportHooks | None = None,
-    auto_calib: bool = False,
-    peak_tflops: float | None = None,
-) -> dict[str, Any]:
+def build_report(source: str | Path, data: str | Path, out_dir: str | Path, *, hooks: ReportHooks | None = None,
+                 **options: Any) -> dict[str, Any]:
     """Evaluate and time every variant of a model on ``split`` of ``data``; returns the report dict.
 
     ``source``: a .pt checkpoint (the ONNX / INT8 / TensorRT files missing from ``out_dir/export`` are made
     there; files made from another checkpoint are replaced) or an export folder (its files are measured,
     torch is not needed, TensorRT engines are built beside the ONNX when TensorRT is here).
+    ``options`` are the fields of ``ReportOptions`` (report/options.py, where their defaults are):
     ``formats``: "all" / None, or variant names and groups (torch, onnx, trt), see ``VARIANT_NAMES``.
     ``batch_sizes``: throughput is measured at each; the largest is also the evaluation batch and the
     TensorRT profile's maximum. ``iterations`` timed single-image calls per variant (after ``warmup``),
     interleaved across variants. ``calib_size``: INT8 calibration images from the train split of ``data``.
-    ``device``: auto, cpu, cuda or cuda:N. ``cam_images``: test images drawn in ``out_dir/report_cam.png``
-    with the occlusion map of the reference and of every reduced-precision variant (and the reference's
-    Grad-CAM when it is torch), so one sees whether quantization moved the attention; 0 for none.
+    ``device``: auto, cpu, cuda or cuda:N. ``split`` / ``layout``: what is evaluated. ``cam_images``: test
+    images drawn in ``out_dir/report_cam.png`` with the occlusion map of the reference and of every
+    reduced-precision variant (and the reference's Grad-CAM when it is torch), so one sees whether quantization
+    moved the attention; 0 for none.
     ``target_agreement``: also report INT8 with measured mixed precision (the ``-auto`` variants, see
     ``fgcli export --target-agreement``); without it they are reported only from an export folder holding them.
     ``val_size``: the val (else test) images the target is measured on; ``max_drop``: with a target, also keep
@@ -123,58 +98,36 @@ def build_report(
     Write the other files with ``write_report(report, out_dir)``.
     """
     hooks = hooks or ReportHooks()
+    opts = ReportOptions(**options)
     source, data, out_dir = Path(source), Path(data), Path(out_dir)
     checkpoint, export_dir = _read_source(source, out_dir)
-    source, checkpoint, qat, qat_note = _qat_sources(source, checkpoint, Path(qat) if qat else None)
-    batch_sizes = parse_batch_sizes(batch_sizes)
-    if iterations < 1 or warmup < 0 or calib_size < 1:
-        raise FgcliError(f"iterations ({iterations}) and calib_size ({calib_size}) must be >= 1, "
-                         f"warmup ({warmup}) >= 0")
-    names = parse_formats(formats)
-    if auto_calib and target_agreement is None:
-        raise FgcliError("--auto-calib calibrates the mixed-precision variants", hint="add --target-agreement")
-    if target_agreement is None:  # an export folder's auto variants are reported when it has their files
-        names = [name for name in names if name not in AUTO_VARIANTS or _in_export_folder(source, name)]
-    else:
-        from fgcli.calibration.sensitivity import check_targets
-
-        check_targets(target_agreement, max_drop)
-    if qat is None:
-        names = [name for name in names if name != QAT_VARIANT or _in_export_folder(source, name)]
-    data_split = load_split(data, split, layout)
+    source, checkpoint, qat, qat_note = _qat_sources(source, checkpoint, Path(opts.qat) if opts.qat else None)
+    opts.validate()
+    data_split = load_split(data, opts.split, opts.layout)
     if not data_split.samples:
-        raise FgcliError(f"the {split} split of {data} has no images", hint="pick another --split")
-    variants = plan_variants(names, checkpoint=checkpoint is not None, export_dir=export_dir, device=device)
-    notes = _prepare_files(source, checkpoint, export_dir, variants, data, calib_size, batch_sizes[-1], device, hooks,
-                           target_agreement, val_size, max_drop, qat, auto_calib)
+        raise FgcliError(f"the {opts.split} split of {data} has no images", hint="pick another --split")
+    variants = plan_variants(_variant_names(source, opts, qat), checkpoint=checkpoint is not None,
+                             export_dir=export_dir, device=opts.device)
+    notes = _prepare_files(source, checkpoint, export_dir, variants, data, opts, qat, hooks)
     notes = [qat_note, *notes] if qat_note else notes
 
     with ExitStack() as stack:
-        runners = {}
-        for variant in variants:
-            runner = _open(variant, checkpoint, device) if variant.available else None
-            if runner is not None:
-                runners[variant.name] = stack.enter_context(runner)
+        runners = _open_runners(stack, variants, checkpoint, opts.device)
         hooks.planned(variants)
         reference = _reference(variants, runners)
-        evaluations = {}
-        for name, runner in runners.items():
-            with hooks.task(f"evaluating {name}", len(data_split.samples)) as advance:
-                evaluations[name] = evaluate_runner(runner, data_split, batch_size=batch_sizes[-1], progress=advance)
-        images = _timing_images(data_split, runners[reference].preprocess, batch_sizes[-1])
-        with hooks.task("timing, interleaved", timed_calls(len(runners), batch_sizes, iterations, warmup)) as advance:
-            timings = time_interleaved(runners, images, batch_sizes, iterations, warmup, progress=advance)
+        evaluations = _evaluate(runners, data_split, opts.batch_sizes[-1], hooks)
+        timings = _time(runners, data_split, runners[reference].preprocess, opts, hooks)
         runner_names = {name: runner.name for name, runner in runners.items()}
         placements = {name: (*runner.placement, runner.timed_region) for name, runner in runners.items()}
-        limit = device_limit(placements, timings, export_dir, batch_sizes[-1], peak_tflops, hooks.step)
+        limit = device_limit(placements, timings, export_dir, opts.batch_sizes[-1], opts.peak_tflops, hooks.step)
         model = _model_info(checkpoint, runners[reference])
-        attention = _attention_grid(runners, variants, reference, data_split, evaluations[reference], cam_images,
+        attention = _attention_grid(runners, variants, reference, data_split, evaluations[reference], opts.cam_images,
                                     out_dir, hooks)
 
     ref_eval = evaluations[reference]
     ort_ran = any(v.backend == ONNXRUNTIME and v.name in placements for v in variants)
-    if ort_ran and onnxruntime_device(device) != device:  # --device cuda, and onnxruntime has no CUDA provider
-        notes.append(NOTE_ORT_ON_CPU.format(device=device))
+    if ort_ran and onnxruntime_device(opts.device) != opts.device:  # --device cuda, onnxruntime without CUDA
+        notes.append(NOTE_ORT_ON_CPU.format(device=opts.device))
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -182,14 +135,14 @@ def build_report(
         "source": {"kind": "checkpoint" if checkpoint is not None else "export", "path": str(source),
                    "export_dir": str(export_dir), "qat_checkpoint": str(qat) if qat else None},
         "model": model,
-        "dataset": {"root": str(data), "layout": data_split.layout, "split": split, "images": ref_eval.count,
+        "dataset": {"root": str(data), "layout": data_split.layout, "split": opts.split, "images": ref_eval.count,
                     "unreadable": sorted(ref_eval.bad_images)},
         "reference": reference,
-        "device": device,
-        "batch_sizes": batch_sizes,
-        "timing": {"warmup": warmup, "iterations": iterations, "interleaved": True,
-                   "throughput_rounds": {str(b): iterations if b == 1 else throughput_rounds(b, iterations)
-                                         for b in batch_sizes}},
+        "device": opts.device,
+        "batch_sizes": opts.batch_sizes,
+        "timing": {"warmup": opts.warmup, "iterations": opts.iterations, "interleaved": True,
+                   "throughput_rounds": {str(b): opts.iterations if b == 1 else throughput_rounds(b, opts.iterations)
+                                         for b in opts.batch_sizes}},
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
         "environment": collect_environment(),
         "limit": limit.summary,
@@ -200,14 +153,51 @@ def build_report(
     }
 
 
+def _variant_names(source: Path, opts: ReportOptions, qat: Path | None) -> list[str]:
+    """The variants asked for by ``--formats``; the -auto variants only with a target and the QAT one only with a
+    QAT checkpoint, unless an export folder given as ``source`` holds their files."""
+    names = parse_formats(opts.formats)
+    if opts.target_agreement is None:
+        names = [name for name in names if name not in AUTO_VARIANTS or _in_export_folder(source, name)]
+    if qat is None:
+        names = [name for name in names if name != QAT_VARIANT or _in_export_folder(source, name)]
+    return names
+
+
+def _open_runners(stack: ExitStack, variants: list[Variant], checkpoint: dict | None, device: str) -> dict:
+    """name -> open Runner of every available variant (closed by ``stack``); a runner that does not open makes
+    its variant unavailable, with the runtime's reason."""
+    runners = {}
+    for variant in variants:
+        runner = _open(variant, checkpoint, device) if variant.available else None
+        if runner is not None:
+            runners[variant.name] = stack.enter_context(runner)
+    return runners
+
+
+def _evaluate(runners: dict, data_split, batch_size: int, hooks: ReportHooks) -> dict:
+    """Every runner's evaluation of the same split."""
+    evaluations = {}
+    for name, runner in runners.items():
+        with hooks.task(f"evaluating {name}", len(data_split.samples)) as advance:
+            evaluations[name] = evaluate_runner(runner, data_split, batch_size=batch_size, progress=advance)
+    return evaluations
+
+
+def _time(runners: dict, data_split, preprocess, opts: ReportOptions, hooks: ReportHooks) -> dict:
+    """Latency and throughput of every runner, interleaved on the same test images."""
+    images = _timing_images(data_split, preprocess, opts.batch_sizes[-1])
+    calls = timed_calls(len(runners), opts.batch_sizes, opts.iterations, opts.warmup)
+    with hooks.task("timing, interleaved", calls) as advance:
+        return time_interleaved(runners, images, opts.batch_sizes, opts.iterations, opts.warmup, progress=advance)
+
+
 def _attention_grid(runners: dict, variants: list[Variant], reference: str, data_split, reference_eval,
                     count: int, out_dir: Path, hooks: ReportHooks) -> dict[str, Any] | None:
     """Occlusion maps of the reference next to every reduced-precision variant on ``count`` readable test
     images spread over the split (so over several classes)."""
     if count < 1:
         return None
-    from fgcli.report.cam import draw_variant_grid
-
     readable = [s.path for s in data_split.samples if s.path not in reference_eval.bad_images]
     images = [readable[round(i)] for i in np.linspace(0, len(readable) - 1, min(count, len(readable)))]
     shown = [reference] + [v.name for v in variants if v.name in runners and v.precision != "fp32"]
@@ -226,8 +216,6 @@ def _qat_sources(source: Path, checkpoint: dict | None, qat: Path | None
                  ) -> tuple[Path, dict | None, Path | None, str | None]:
     """(FP32 source, its loaded checkpoint, QAT checkpoint, note): a QAT checkpoint given as the source is measured
     against the run it was fine-tuned from, which its record names."""
-    from fgcli.engine.qat import is_qat_checkpoint
-
     if qat is not None and not (qat.is_file() and qat.suffix == ".pt"):
         raise FgcliError(f"--qat {qat} is not a .pt checkpoint", hint="pass QAT_RUN/best.pt, written by fgcli train --qat")
     if checkpoint is None:
@@ -235,7 +223,7 @@ def _qat_sources(source: Path, checkpoint: dict | None, qat: Path | None
             raise FgcliError("--qat needs the FP32 run's .pt checkpoint as the report's source (it exports both)",
                              hint=f"fgcli report FP32_RUN/best.pt --qat {qat} --data DATASET")
         return source, None, None, None
-    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.engine.checkpoint import load_checkpoint  # imports torch
 
     if qat is not None:
         qat_ckpt = load_checkpoint(qat)
@@ -263,7 +251,7 @@ def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
     """(the loaded checkpoint, OUT/export) for a .pt file; (None, the folder) for an export folder."""
     if source.is_file() and source.suffix == ".pt":
         optional_import("torch", "torch", "A report on a PyTorch checkpoint (it exports the ONNX models)")
-        from fgcli.engine.checkpoint import load_checkpoint
+        from fgcli.engine.checkpoint import load_checkpoint  # imports torch
 
         return load_checkpoint(source), out_dir / "export"
     if source.is_dir():
@@ -273,14 +261,11 @@ def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
 
 
 def _prepare_files(source: Path, checkpoint: dict | None, export_dir: Path, variants: list[Variant], data: Path,
-                   calib_size: int, max_batch: int, device: str, hooks: ReportHooks,
-                   target_agreement: float | None = None, val_size: int = 256,
-                   max_drop: float | None = None, qat: Path | None = None, auto_calib: bool = False) -> list[str]:
+                   opts: ReportOptions, qat: Path | None, hooks: ReportHooks) -> list[str]:
     """Give every runnable variant its file: export from the checkpoint(s), or take the folder's; build engines."""
     notes = []
     if checkpoint is not None:
-        notes = export_for_report(source, export_dir, variants, data, calib_size, hooks.step, target_agreement,
-                                  val_size, max_drop, qat_checkpoint=qat, auto_calib=auto_calib)
+        notes = export_for_report(source, export_dir, variants, data, opts, hooks.step, qat_checkpoint=qat)
         for variant in variants:
             if variant.backend == TORCH and variant.available:
                 variant.path = source
@@ -290,7 +275,7 @@ def _prepare_files(source: Path, checkpoint: dict | None, export_dir: Path, vari
             if variant.name in ONNX_FILES and variant.available:
                 attach_onnx_artifact(variant, export_dir, artifacts)
     if any(v.backend == TENSORRT and v.available for v in variants):
-        prepare_engines(export_dir, variants, max_batch, device, hooks.step)
+        prepare_engines(export_dir, variants, opts.batch_sizes[-1], opts.device, hooks.step)
     return notes
 
 
@@ -298,8 +283,6 @@ def _open(variant: Variant, checkpoint: dict | None, device: str):
     """The variant's runner, or None after marking it unavailable with the runtime's own reason."""
     try:
         if variant.backend == TORCH:
-            from fgcli.runtime.torch_runner import TorchRunner
-
             return TorchRunner(checkpoint, device=device, precision=variant.precision, mode=variant.torch_mode)
         # ORT threads that busy-wait after a call would slow the next variant of the interleaved timing
         runtime_device = onnxruntime_device(device) if variant.backend == ONNXRUNTIME else device
@@ -371,9 +354,8 @@ def agreement(result, reference) -> float:
     if len(result.predictions) != len(reference.predictions):
         raise FgcliError(f"{result.runner} read {len(result.predictions)} images and {reference.runner} "
                          f"{len(reference.predictions)}: the predictions cannot be compared")
-    ours = np.array(result.class_names)[result.predictions]
-    theirs = np.array(reference.class_names)[reference.predictions]
-    return float(np.mean(ours == theirs))
+    return top1_agreement(np.array(reference.class_names)[reference.predictions],
+                          np.array(result.class_names)[result.predictions])
 
 
 def worst_classes(result, reference, count: int = WORST_CLASSES) -> list[dict[str, Any]]:
@@ -413,9 +395,6 @@ def _cpu_name() -> str:
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """report.json, report.md and report.png in ``out_dir``, each written atomically; returns their paths."""
-    from fgcli.report.plots import plot_report
-    from fgcli.report.render import render_markdown
-
     out_dir = Path(out_dir)
     return {"json": write_json_atomic(out_dir / "report.json", report),
             "md": write_text_atomic(out_dir / "report.md", render_markdown(report)),

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fgcli.errors import FgcliError
+from fgcli.export.flops import count_flops
+from fgcli.formats import ONNX_FP32, file_of
 from fgcli.report.variants import installed
 from fgcli.runtime.peak import MATMUL_SIZE, limit_fraction, measure_matmul_tflops
 
 #: the graph the FLOPs are counted on, in the export folder
-COUNTED_MODEL = "model.onnx"
+COUNTED_MODEL = file_of(ONNX_FP32)
 
 
 @dataclass
@@ -65,8 +67,6 @@ def limit_summary(model: Path, device: str, peak_tflops: float | None, step: Cal
     if peak_tflops is None and not installed("torch"):
         summary["note"] = "measuring the GPU's rate needs PyTorch here: pass --peak-tflops from the GPU's datasheet"
         return summary
-    from fgcli.export.flops import count_flops
-
     flops = count_flops(model).flops
     if peak_tflops is None:
         step(f"measuring {device}'s BF16 matrix rate (the limit)")

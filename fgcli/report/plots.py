@@ -15,7 +15,8 @@ COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:b
           "tab:olive", "tab:cyan")
 #: one marker per variant in the comparison plot
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h")
-
+#: the bar chart `fgcli sensitivity` draws beside sensitivity.json
+SENSITIVITY_PNG = "sensitivity.png"
 
 def plot_report(report: dict[str, Any], out_path: str | Path) -> Path:
     """Left: top-1 against p50 latency at batch 1, one point per variant. Right: the top-1 drop of the classes

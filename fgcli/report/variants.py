@@ -13,53 +13,27 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fgcli.devices import parse_device
 from fgcli.errors import FgcliError
-from fgcli.runtime.base import parse_device
+from fgcli.formats import (
+    BY_NAME, MODELOPT, ONNX_FILES, ONNX_FP32, ONNX_INT8_QAT, ONNXRUNTIME, REPORTED, TENSORRT, TORCH, TORCH_FP32,
+    TRT_FP16, TRT_INT8, file_of,
+)
 
-TORCH, ONNXRUNTIME, TENSORRT = "torch", "onnxruntime", "tensorrt"
-
-#: name -> (backend, precision), in report order; the names match export_all's artifact keys
-CATALOG: dict[str, tuple[str, str]] = {
-    "torch-fp32": (TORCH, "fp32"),
-    "torch-fp16": (TORCH, "fp16"),
-    "torch-bf16": (TORCH, "bf16"),
-    "torch-fp16-compiled": (TORCH, "fp16"),
-    "torch-bf16-compiled": (TORCH, "bf16"),
-    "torch-fp16-graph": (TORCH, "fp16"),
-    "torch-bf16-graph": (TORCH, "bf16"),
-    "torch-fp16-compiled-graph": (TORCH, "fp16"),
-    "torch-bf16-compiled-graph": (TORCH, "bf16"),
-    "onnx-fp32": (ONNXRUNTIME, "fp32"),
-    "onnx-int8-modelopt": (ONNXRUNTIME, "int8"),
-    "onnx-int8-modelopt-auto": (ONNXRUNTIME, "int8"),
-    "onnx-int8-ort": (ONNXRUNTIME, "int8"),
-    "onnx-int8-ort-auto": (ONNXRUNTIME, "int8"),
-    "onnx-int8-qat": (ONNXRUNTIME, "int8"),
-    "trt-fp32": (TENSORRT, "fp32"),
-    "trt-fp16": (TENSORRT, "fp16"),
-    "trt-int8": (TENSORRT, "int8"),
-}
-VARIANT_NAMES = tuple(CATALOG)
+#: the variants, in report order: the reported rows of ``fgcli.formats.FORMATS``
+VARIANT_NAMES = REPORTED
 #: INT8 with measured mixed precision (``fgcli export --target-agreement``): reported only when a target is given
-AUTO_VARIANTS = ("onnx-int8-modelopt-auto", "onnx-int8-ort-auto")
+AUTO_VARIANTS = tuple(name for name in REPORTED if BY_NAME[name].auto)
 #: the Q/DQ ONNX of a QAT run (``fgcli train --qat``): reported only when a QAT checkpoint is given, or found in
 #: an export folder
-QAT_VARIANT = "onnx-int8-qat"
-#: torch.compile and CUDA-graph variants (``TORCH_MODES``): reported only when named in --formats (compiling
-#: takes minutes per batch size)
-ON_REQUEST = ("torch-fp16-compiled", "torch-bf16-compiled", "torch-fp16-graph", "torch-bf16-graph",
-              "torch-fp16-compiled-graph", "torch-bf16-compiled-graph")
+QAT_VARIANT = ONNX_INT8_QAT
+#: torch.compile and CUDA-graph variants (``Format.torch_mode``): reported only when named in --formats
+#: (compiling takes minutes per batch size)
+ON_REQUEST = tuple(name for name in REPORTED if BY_NAME[name].on_request)
 #: the FP32 reference for accuracy deltas, agreement and speed-ups: the first of these that ran
-REFERENCE_CANDIDATES = ("torch-fp32", "onnx-fp32")
-#: --formats shorthands for a whole backend
-GROUPS = {"torch": "torch-", "onnx": "onnx-", "trt": "trt-"}
-
-#: ONNX files of an export folder (as export_all names them), by variant
-ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8-modelopt": "model.int8.onnx",
-              "onnx-int8-modelopt-auto": "model.int8-auto.onnx", "onnx-int8-ort": "model.ort-int8.onnx",
-              "onnx-int8-ort-auto": "model.ort-int8-auto.onnx", QAT_VARIANT: "model.qat.onnx"}
-#: the ONNX each TensorRT engine is built from (model.fp16.onnx is converted from model.onnx when missing)
-ENGINE_SOURCES = {"trt-fp32": "model.onnx", "trt-fp16": "model.fp16.onnx", "trt-int8": "model.int8.onnx"}
+REFERENCE_CANDIDATES = (TORCH_FP32, ONNX_FP32)
+#: --formats shorthands for a whole runtime
+GROUPS = {"torch": TORCH, "onnx": ONNXRUNTIME, "trt": TENSORRT}
 
 REASON_NO_TORCH = "PyTorch is not installed (pip install fgcli[torch])"
 REASON_NO_ORT = "ONNX Runtime is not installed (pip install fgcli[onnx])"
@@ -92,17 +66,22 @@ class Variant:
 
     @property
     def backend(self) -> str:
-        return CATALOG[self.name][0]
+        return BY_NAME[self.name].runtime
 
     @property
     def precision(self) -> str:
-        return CATALOG[self.name][1]
+        return BY_NAME[self.name].precision
+
+    @property
+    def source_onnx(self) -> str:
+        """The export-folder ONNX file this variant runs (ONNX) or is built from (TensorRT)."""
+        fmt = BY_NAME[self.name]
+        return fmt.file if fmt.runtime == ONNXRUNTIME else file_of(fmt.built_from)
 
     @property
     def torch_mode(self) -> str:
-        """How a torch variant runs its forward pass (``TORCH_MODES``): what follows its precision in the name."""
-        parts = self.name.split("-", 2)
-        return parts[2] if self.backend == TORCH and len(parts) == 3 else "eager"
+        """How a torch variant runs its forward pass (``TORCH_MODES`` of runtime/torch_runner)."""
+        return BY_NAME[self.name].torch_mode
 
     @property
     def available(self) -> bool:
@@ -126,12 +105,12 @@ def parse_formats(formats: str | list[str] | tuple[str, ...] | None, require_ref
         return default
     chosen = set()
     for token in tokens:
-        if token in CATALOG:
+        if token in VARIANT_NAMES:
             chosen.add(token)
         elif token == "all":
             chosen.update(default)
         elif token in GROUPS:
-            chosen.update(name for name in default if name.startswith(GROUPS[token]))
+            chosen.update(name for name in default if BY_NAME[name].runtime == GROUPS[token])
         else:
             raise FgcliError(f"unknown report format '{token}'", hint=f"use all, a group ({', '.join(GROUPS)}) "
                                                                       f"or variant names: {', '.join(VARIANT_NAMES)}")
@@ -194,7 +173,7 @@ def plan_variants(names: list[str], *, checkpoint: bool, export_dir: Path, devic
         if backend == ONNXRUNTIME:
             if not has_ort:
                 variant.refuse(REASON_NO_ORT)
-            if (name.startswith("onnx-int8-modelopt") or name == QAT_VARIANT) and checkpoint and not has_modelopt:
+            if (BY_NAME[name].builder == MODELOPT or name == QAT_VARIANT) and checkpoint and not has_modelopt:
                 variant.refuse(REASON_NO_MODELOPT)
             if not checkpoint and not (export_dir / ONNX_FILES[name]).is_file():
                 variant.refuse(f"{export_dir} has no {ONNX_FILES[name]} ({export_hint(name)})")
@@ -203,10 +182,10 @@ def plan_variants(names: list[str], *, checkpoint: bool, export_dir: Path, devic
                 variant.refuse(REASON_NO_TENSORRT)
             if not is_gpu_device(device):
                 variant.refuse(REASON_CPU_ONLY.format(device=device))
-            if name == "trt-int8" and checkpoint and not has_modelopt:
-                variant.refuse(f"builds from the modelopt Q/DQ model.int8.onnx, and {REASON_NO_MODELOPT}")
+            if name == TRT_INT8 and checkpoint and not has_modelopt:
+                variant.refuse(f"builds from the modelopt Q/DQ {variant.source_onnx}, and {REASON_NO_MODELOPT}")
             if not checkpoint:
-                variant.refuse(_engine_source_reason(name, export_dir, can_convert=has_onnx and has_ort))
+                variant.refuse(_engine_source_reason(variant, export_dir, can_convert=has_onnx and has_ort))
         variants.append(variant)
     return variants
 
@@ -221,26 +200,27 @@ def onnxruntime_device(device: str) -> str:
     return device if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
 
 
-def _engine_source_reason(name: str, export_dir: Path, can_convert: bool) -> str | None:
-    """Why the export folder cannot give TensorRT variant ``name`` its ONNX, or None when it can (the FP16
-    ONNX may be converted here from model.onnx)."""
-    source = export_dir / ENGINE_SOURCES[name]
+def _engine_source_reason(variant: Variant, export_dir: Path, can_convert: bool) -> str | None:
+    """Why the export folder cannot give TensorRT ``variant`` its ONNX, or None when it can (the FP16 ONNX may
+    be converted here from model.onnx)."""
+    source = export_dir / variant.source_onnx
     if source.is_file():
         return None
-    if name == "trt-fp16" and (export_dir / "model.onnx").is_file():
-        return None if can_convert else (f"needs {source.name}, and converting model.onnx to it needs the onnx and "
+    fp32_file = file_of(ONNX_FP32)
+    if variant.name == TRT_FP16 and (export_dir / fp32_file).is_file():
+        return None if can_convert else (f"needs {source.name}, and converting {fp32_file} to it needs the onnx and "
                                          "onnxruntime packages (pip install fgcli[onnx])")
-    made_from = "model.onnx" if name == "trt-fp16" else source.name
-    hint = export_hint("onnx-int8-modelopt" if name == "trt-int8" else "onnx-fp32")
+    made_from = fp32_file if variant.name == TRT_FP16 else source.name
+    hint = export_hint(BY_NAME[variant.name].built_from if variant.name == TRT_INT8 else ONNX_FP32)
     return f"{export_dir} has no {made_from} to build the engine from ({hint})"
 
 
 def export_hint(name: str) -> str:
     """The fgcli export command that writes the ONNX file of variant ``name``."""
-    if name == "onnx-fp32":
+    if name == ONNX_FP32:
         return "fgcli export CHECKPOINT --out DIR writes it"
     if name == QAT_VARIANT:
         return "fgcli train --qat --weights CHECKPOINT ... --out QAT_RUN, then fgcli export QAT_RUN/best.pt --out DIR writes it"
-    backend = "modelopt" if name.startswith("onnx-int8-modelopt") else "ort"
-    target = " --target-agreement 0.99" if name in AUTO_VARIANTS else ""
-    return f"fgcli export CHECKPOINT --out DIR --int8 --int8-backend {backend} --calib-data DATASET{target} writes it"
+    fmt = BY_NAME[name]
+    target = " --target-agreement 0.99" if fmt.auto else ""
+    return f"fgcli export CHECKPOINT --out DIR --int8 --int8-backend {fmt.builder} --calib-data DATASET{target} writes it"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fgcli.errors import FgcliError
-from fgcli.runtime.base import Runner, parse_device
+from fgcli.devices import parse_device
+from fgcli.runtime.base import Runner
 
 RUNNER_SUFFIXES = {".pt": "PyTorch checkpoint", ".onnx": "ONNX model", ".engine": "TensorRT engine"}
 

@@ -11,16 +11,6 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from fgcli.data.preprocess import PreprocessConfig
-from fgcli.errors import FgcliError
-
-
-def parse_device(device: str, allowed: tuple[str, ...] = ("auto", "cpu", "cuda")) -> tuple[str, int]:
-    """``"cuda:1"`` -> ``("cuda", 1)``; ``"auto"`` / ``"cpu"`` / ``"cuda"`` -> index 0. Shared by every runner."""
-    kind, _, index = str(device).strip().lower().partition(":")
-    if kind not in allowed or (index and (not index.isdigit() or kind in ("auto", "cpu"))):
-        accepted = ", ".join(a if a in ("auto", "cpu") else f"{a}, {a}:N" for a in allowed)
-        raise FgcliError(f"unknown device '{device}'", hint=f"use one of: {accepted}")
-    return kind, int(index or 0)
 
 
 class Runner(ABC):

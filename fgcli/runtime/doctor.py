@@ -24,6 +24,7 @@ from typing import Callable
 from rich.text import Text
 
 from fgcli.console import styled
+from fgcli.errors import FgcliError, MissingDependencyError
 
 NOT_INSTALLED = "not installed"
 NOT_JETSON = "n/a (not a Jetson)"
@@ -310,8 +311,6 @@ def check_features(names: tuple[str, ...] | list[str] = FEATURE_NAMES) -> list[F
 
 
 def _check_feature(feature: Feature) -> FeatureCheck:
-    from fgcli.errors import MissingDependencyError
-
     verdict = FeatureCheck(feature.name, feature.label, feature.extra, ready=False)
     for module in feature.modules:
         try:
@@ -338,7 +337,7 @@ def _check_feature(feature: Feature) -> FeatureCheck:
 def _gpu_problem(feature: Feature) -> tuple[str | None, str | None, str | None]:
     """``(missing package, problem, fix)`` keeping a GPU feature from running: the runtime's way to the GPU
     (cuda-python, else PyTorch with CUDA, as ``open_device_memory`` tries them), then a GPU; all None when ready."""
-    from fgcli.runtime.tensorrt_runner import _import_cuda_torch, _import_cudart
+    from fgcli.runtime.tensorrt_runner import _import_cuda_torch, _import_cudart  # a per-backend runner: lazy
 
     try:
         reachable = _import_cudart() is not None or _import_cuda_torch() is not None
@@ -358,8 +357,6 @@ def _gpu_problem(feature: Feature) -> tuple[str | None, str | None, str | None]:
 
 def parse_needed(need: str) -> list[str]:
     """``"qat,trt"`` -> ``["qat", "trt"]``; an unknown name is an FgcliError listing the known ones."""
-    from fgcli.errors import FgcliError
-
     names = [name.strip() for name in need.split(",") if name.strip()]
     unknown = [name for name in names if name not in FEATURE_NAMES]
     if unknown or not names:

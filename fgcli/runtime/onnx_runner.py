@@ -1,31 +1,21 @@
 """Run an fgcli ONNX model with ONNX Runtime (no torch, no onnx package: a Jetson needs only onnxruntime).
 
 The model carries everything needed to use it in its ``metadata_props`` (class names, preprocessing,
-precision), so ``fgcli predict model.onnx`` needs no checkpoint. The codec for those props lives here
-because this is the reader every deployment goes through; the exporter writes with the same functions.
+precision), so ``fgcli predict model.onnx`` needs no checkpoint; ``onnx_meta`` decodes them from the session.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from fgcli.data.preprocess import PreprocessConfig
+from fgcli.devices import parse_device
 from fgcli.errors import FgcliError
-from fgcli.runtime.base import Runner, parse_device
+from fgcli.runtime.base import Runner
+from fgcli.runtime.onnx_meta import EXPORT_HINT, decode_fgcli_metadata
 from fgcli.utils import optional_import
-
-METADATA_PREFIX = "fgcli."
-#: decoded key -> is the prop value JSON (lists) rather than a plain string
-_JSON_KEYS = {"class_names", "mean", "std", "auto_float_nodes"}
-_INT_KEYS = {"img_size", "resize_size"}
-_FLOAT_KEYS = {"target_agreement", "max_drop", "auto_agreement"}  # a measured mixed precision (fgcli export)
-_PREPROCESS_KEYS = ("img_size", "resize_size", "mean", "std")
-_REQUIRED_KEYS = ("class_names", *_PREPROCESS_KEYS)
-EXPORT_HINT = "export the model with `fgcli export CHECKPOINT`, which writes the fgcli metadata"
 
 #: ONNX Runtime (1.2x+) optimizer that quantizes, at load, the float weights of a Conv / Gemm / MatMul lying
 #: between Q/DQ nodes: it undoes a node an INT8 model keeps in float on purpose. Measured (ORT 1.32): a conv
@@ -33,44 +23,6 @@ EXPORT_HINT = "export the model with `fgcli export CHECKPOINT`, which writes the
 KEEPS_FLOAT_NODES_OFF = ["WeightBiasQuantization"]
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 ORT_DEVICES = ("auto", "cpu", "cuda", "tensorrt")
-
-
-def encode_fgcli_metadata(meta: dict[str, Any]) -> dict[str, str]:
-    """``{"class_names": [...], "preprocess": {...}, "method": ...}`` -> flat ``fgcli.*`` string props."""
-    flat = {key: value for key, value in meta.items() if key != "preprocess"}
-    flat.update(meta.get("preprocess", {}))
-    props = {}
-    for key, value in flat.items():
-        if value is None:
-            continue
-        text = json.dumps(list(value)) if key in _JSON_KEYS else str(value)
-        props[METADATA_PREFIX + key] = text
-    return props
-
-
-def decode_fgcli_metadata(props: dict[str, str], source: str | Path) -> dict[str, Any]:
-    """The inverse of :func:`encode_fgcli_metadata`; ``source`` names the file in errors.
-
-    Returns ``class_names`` (list), ``preprocess`` (PreprocessConfig dict), ``precision`` ("fp32" when
-    absent) and every other ``fgcli.*`` prop as a string (method, backbone, version...).
-    """
-    values = {key[len(METADATA_PREFIX):]: value for key, value in props.items() if key.startswith(METADATA_PREFIX)}
-    missing = [key for key in _REQUIRED_KEYS if key not in values]
-    if missing:
-        raise FgcliError(
-            f"{source} lacks the fgcli metadata {', '.join(METADATA_PREFIX + k for k in missing)}, so its class "
-            "names or preprocessing are unknown", hint=EXPORT_HINT)
-    try:
-        decoded: dict[str, Any] = {
-            key: json.loads(value) if key in _JSON_KEYS else int(value) if key in _INT_KEYS
-            else float(value) if key in _FLOAT_KEYS else value
-            for key, value in values.items()
-        }
-    except ValueError as exc:
-        raise FgcliError(f"{source} has malformed fgcli metadata: {exc}", hint=EXPORT_HINT) from None
-    decoded["preprocess"] = {key: decoded.pop(key) for key in _PREPROCESS_KEYS}
-    decoded.setdefault("precision", "fp32")
-    return decoded
 
 
 def select_providers(available: list[str], device: str = "auto", providers: list[str] | None = None) -> list[str]:
@@ -179,3 +131,10 @@ class OnnxRunner(Runner):
 
     def close(self) -> None:
         self._session = None
+
+
+def onnxruntime_logits(path: str | Path, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Logits of an ONNX model on ONNX Runtime CPU: the platform every export check and INT8 measurement compares
+    on (the same kernels for every model compared)."""
+    with OnnxRunner(path, device="cpu") as runner:
+        return np.concatenate([runner.run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])

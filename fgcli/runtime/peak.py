@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from fgcli.devices import resolve_torch_device
 from fgcli.errors import FgcliError
 from fgcli.utils import optional_import
 
@@ -20,8 +21,6 @@ MATMUL_CALLS = 20
 def measure_matmul_tflops(device: str = "cuda", size: int = MATMUL_SIZE, calls: int = MATMUL_CALLS) -> float:
     """TFLOP/s of ``calls`` back-to-back BF16 ``size`` x ``size`` products on ``device`` (after one warm-up)."""
     torch = optional_import("torch", "torch", "Measuring the device's BF16 matrix rate")
-    from fgcli.runtime.torch_runner import resolve_torch_device
-
     target = resolve_torch_device(torch, device)
     a = torch.randn(size, size, device=target, dtype=torch.bfloat16)
     b = torch.randn(size, size, device=target, dtype=torch.bfloat16)

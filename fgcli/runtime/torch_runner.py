@@ -15,19 +15,9 @@ import numpy as np
 
 from fgcli.data.preprocess import PreprocessConfig
 from fgcli.errors import FgcliError
-from fgcli.runtime.base import Runner, parse_device
+from fgcli.devices import resolve_torch_device
+from fgcli.runtime.base import Runner
 from fgcli.utils import optional_import
-
-
-def resolve_torch_device(torch, device: str):
-    """"auto" -> the first GPU when CUDA works, else CPU; "cuda[:N]" without CUDA is an error, not a fallback."""
-    kind, index = parse_device(device)
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise FgcliError(f"--device {device} asked for CUDA, but PyTorch sees no CUDA GPU",
-                         hint="use --device cpu, or install a CUDA build of PyTorch that matches the driver")
-    return torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
 
 
 #: precision -> torch dtype name
@@ -50,7 +40,7 @@ class TorchRunner(Runner):
     def __init__(self, checkpoint: str | Path | dict[str, Any], device: str = "auto", precision: str = "fp32",
                  mode: str = "eager"):
         torch = optional_import("torch", "torch", "Running a PyTorch checkpoint")
-        from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+        from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint  # imports torch
 
         if precision not in TORCH_DTYPES:
             raise FgcliError(f"unknown PyTorch precision '{precision}'", hint=f"use one of: {', '.join(TORCH_DTYPES)}")
