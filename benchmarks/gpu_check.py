@@ -55,8 +55,8 @@ from typing import Callable
 import torch
 
 from fgcli.data.synth import generate_synthetic
-from fgcli.engine.config import TrainConfig
-from fgcli.engine.train import Trainer
+from fgcli.training.config import TrainConfig
+from fgcli.training.train import Trainer
 from fgcli.formats import (
     ONNX_FP32, ONNX_INT8_ORT, TORCH_BF16, TORCH_BF16_COMPILED, TORCH_BF16_COMPILED_GRAPH, TORCH_BF16_GRAPH, TORCH_FP16,
     TORCH_FP32, file_of,
@@ -132,7 +132,7 @@ def step_qat(plan: Plan, data: Path, out: Path, method: str = "gcam-csa") -> dic
     """Two QAT epochs (fgcli train --qat: modelopt's fake INT8 quantizers) of ``method`` against two plain epochs
     of the same run from the same weights. The second epochs are compared: the first QAT epoch also builds
     modelopt's CUDA extension (once per machine), reported as ``qat_first_epoch_s``."""
-    from fgcli.engine.config import resolve_config
+    from fgcli.training.config import resolve_config
 
     source = out / method / "best.pt"
     if not source.is_file():  # the train step leaves it; alone, train one epoch first

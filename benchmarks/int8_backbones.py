@@ -18,8 +18,8 @@ import warnings
 from pathlib import Path
 
 from fgcli.data.synth import generate_synthetic
-from fgcli.engine.config import resolve_config
-from fgcli.engine.train import train
+from fgcli.training.config import resolve_config
+from fgcli.training.train import train
 from fgcli.formats import ONNX_FP32, ONNX_INT8_MODELOPT, ONNX_INT8_ORT, TORCH_FP32
 from fgcli.report import build_report
 from fgcli.utils import write_json_atomic

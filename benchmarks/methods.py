@@ -21,10 +21,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fgcli.data import load_split
 from fgcli.data.synth import generate_synthetic
-from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from fgcli.engine.config import load_recipe, resolve_config
-from fgcli.engine.evaluate import evaluate_runner
-from fgcli.engine.train import train
+from fgcli.training.checkpoint import load_checkpoint, model_from_checkpoint
+from fgcli.training.config import load_recipe, resolve_config
+from fgcli.training.evaluate import evaluate_runner
+from fgcli.training.train import train
 from fgcli.models import create_model, list_models
 from fgcli.runtime.torch_runner import TorchRunner
 from fgcli.utils import write_json_atomic, write_text_atomic

@@ -32,8 +32,8 @@ from fgcli.data.preprocess import PreprocessConfig
 from fgcli.data.synth import generate_synthetic
 from fgcli.data.torch_dataset import ImageDataset, SeededSampler, collate_with_bad
 from fgcli.data.transforms import Normalizer, train_pixels, train_transform
-from fgcli.engine.config import TrainConfig
-from fgcli.engine.train import Trainer
+from fgcli.training.config import TrainConfig
+from fgcli.training.train import Trainer
 from fgcli.utils import write_json_atomic
 
 

@@ -214,7 +214,7 @@ def train(
 
     INT8 that keeps its accuracy: fgcli train --qat --weights RUN/best.pt --data DATA --out RUN-qat
     """
-    from fgcli.engine.config import resolve_config
+    from fgcli.training.config import resolve_config
 
     if attention_backbone and method != "tasn" and not (qat and method is None):  # --qat: the source decides
         raise FgcliError(f"--attention-backbone is a TASN option; {method or 'baseline'} has one backbone",
@@ -241,7 +241,7 @@ def _note(message: str) -> None:
 
 def run_training(cfg):
     """Train with a rich progress display on rank 0; returns the TrainResult, raises Interrupted on Ctrl-C."""
-    from fgcli.engine.train import train as train_loop
+    from fgcli.training.train import train as train_loop
 
     from fgcli.data import describe_layout
 
@@ -330,7 +330,7 @@ def evaluate(
 ) -> None:
     """Top-1, top-5, per-class accuracy and confusion matrix of a model on a dataset split."""
     from fgcli.data import load_split
-    from fgcli.engine.evaluate import evaluate_runner
+    from fgcli.training.evaluate import evaluate_runner
     from fgcli.runtime import open_runner
 
     with open_runner(str(model), device=device) as runner:
@@ -366,7 +366,7 @@ def predict(
 
     Ctrl-C stops it with exit code 130 after writing the rows of the images already classified.
     """
-    from fgcli.engine.predict import find_images, iter_predictions, predictions_json, write_predictions_csv
+    from fgcli.training.predict import find_images, iter_predictions, predictions_json, write_predictions_csv
     from fgcli.runtime import open_runner
     from fgcli.utils import check_output_file, sigint_deferred
 

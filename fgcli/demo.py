@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fgcli.engine.config import TrainConfig, resolve_config
+from fgcli.training.config import TrainConfig, resolve_config
 
 DEMO_CLASSES = 10
 DEMO_PER_CLASS = 80

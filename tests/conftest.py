@@ -52,7 +52,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 def tiny_train_config(data: Path, out: Path, **overrides):
-    from fgcli.engine.config import TrainConfig
+    from fgcli.training.config import TrainConfig
 
     values = dict(
         method="baseline", data=str(data), out=str(out), backbone="resnet18", img_size=32, resize_size=36,
@@ -65,7 +65,7 @@ def tiny_train_config(data: Path, out: Path, **overrides):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     """A baseline trained for 2 epochs on the tiny dataset: RUN/best.pt."""
-    from fgcli.engine.train import train
+    from fgcli.training.train import train
 
     out = tmp_path_factory.mktemp("tiny_run")
     train(tiny_train_config(tiny_dataset, out))

@@ -97,7 +97,7 @@ def markup_run(markup_dataset, tmp_path_factory) -> Path:
     """A one-epoch run on the markup classes, written into a folder named like markup."""
     from conftest import tiny_train_config
 
-    from fgcli.engine.train import train
+    from fgcli.training.train import train
 
     out = tmp_path_factory.mktemp("markup_run") / "[juvenile]run"
     train(tiny_train_config(markup_dataset, out, epochs=1, batch_size=4))
@@ -165,7 +165,7 @@ def test_sigterm_during_training_keeps_the_partial_epoch_and_exits_143(tiny_data
 def test_sigterm_during_predict_writes_the_rows_done_and_exits_143(tmp_path, monkeypatch, capsys, unhandled_sigterms):
     from fake_tensorrt import write_classifier_onnx
 
-    import fgcli.engine.predict as predict
+    import fgcli.training.predict as predict
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -206,7 +206,7 @@ def test_a_run_stopped_in_its_first_epoch_is_started_again_by_the_same_command(t
 
 
 def test_a_folder_with_a_finished_epoch_is_still_refused(tmp_path):
-    from fgcli.engine.run_folder import check_run_folder
+    from fgcli.training.run_folder import check_run_folder
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
@@ -297,7 +297,7 @@ def test_a_checkpoint_whose_class_names_are_one_string_is_refused(tiny_checkpoin
     """Before: "abc" was taken as the three classes a, b and c."""
     import torch
 
-    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.training.checkpoint import load_checkpoint
 
     state = torch.load(tiny_checkpoint, weights_only=True)
     torch.save({**state, "class_names": "abc"}, tmp_path / "best.pt")
@@ -307,7 +307,7 @@ def test_a_checkpoint_whose_class_names_are_one_string_is_refused(tiny_checkpoin
 
 # --------------------------------------------------------------------------- a line instead of silence
 def test_resume_keeps_the_run_settings_and_names_each_option_it_changes(tmp_path):
-    from fgcli.engine.config import TrainConfig, resolve_config
+    from fgcli.training.config import TrainConfig, resolve_config
 
     run = tmp_path / "run"
     run.mkdir()
@@ -349,7 +349,7 @@ def test_resuming_a_finished_run_says_it_is_finished(tiny_checkpoint, tiny_datas
 def test_predict_reads_every_image_pil_identifies_and_names_what_it_skips(tmp_path, monkeypatch, capsys):
     from fake_tensorrt import write_classifier_onnx
 
-    from fgcli.engine.predict import find_images
+    from fgcli.training.predict import find_images
 
     folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
     folder.mkdir()
@@ -409,7 +409,7 @@ def test_a_decompression_bomb_header_is_a_line_of_ours_not_a_raw_warning(tmp_pat
 
 def test_a_killed_writers_temporary_is_removed_even_when_its_pid_came_back(tmp_path):
     """kill -9, then a resume that got the dead writer's pid (a restarted container): the temporary stayed."""
-    from fgcli.engine.run_folder import run_lock
+    from fgcli.training.run_folder import run_lock
     from fgcli.utils import write_text_atomic
 
     ours = tmp_path / f".last.pt.{os.getpid()}.abcd1234.tmp"

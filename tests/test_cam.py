@@ -189,7 +189,7 @@ def test_cam_cli_refuses_an_exported_model(tiny_onnx, tiny_dataset, tmp_path):
 
 def test_method_figures_show_every_attention_map_and_tasn_samples(tiny_dataset, tmp_path):
     """A random-weight TASN at 64 px: input, structure, detail, two sampled images and Grad-CAM in one row."""
-    from fgcli.engine.checkpoint import save_checkpoint
+    from fgcli.training.checkpoint import save_checkpoint
     from fgcli.report.cam import write_cam_figures
 
     model = random_model("tasn")

@@ -342,7 +342,7 @@ def test_progress_in_a_log_file_is_one_line_per_stage(tmp_path):
 def _tiny_run(tiny_dataset, out: Path, hook=None, **overrides):
     from conftest import tiny_train_config
 
-    from fgcli.engine.train import train
+    from fgcli.training.train import train
 
     return train(tiny_train_config(tiny_dataset, out, **{"epochs": 1, **overrides}), hook=hook)
 
@@ -363,9 +363,9 @@ def test_training_into_a_run_folder_is_refused_unless_resume_or_overwrite(tiny_d
 
 
 def test_overwrite_replaces_the_old_run_only_when_the_new_one_has_an_epoch(tiny_dataset, tmp_path):
-    from fgcli.engine.checkpoint import load_checkpoint
-    from fgcli.engine.config import TrainConfig
-    from fgcli.engine.train import train
+    from fgcli.training.checkpoint import load_checkpoint
+    from fgcli.training.config import TrainConfig
+    from fgcli.training.train import train
     from conftest import tiny_train_config
 
     out = tmp_path / "run"

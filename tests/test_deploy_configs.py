@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fgcli.cli import app
 from fgcli.data.images import load_rgb
 from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
-from fgcli.engine.checkpoint import load_checkpoint
+from fgcli.training.checkpoint import load_checkpoint
 from fgcli.errors import FgcliError
 from fgcli.export.deepstream import read_nvinfer_config, write_deepstream_config
 from fgcli.export.onnx import export_onnx

@@ -51,8 +51,8 @@ def synthetic(tmp_path_factory) -> Path:
 
 
 def _train(method: str, data: Path, out: Path, epochs: int, weights: Path | None = None) -> Path:
-    from fgcli.engine.config import resolve_config
-    from fgcli.engine.train import train
+    from fgcli.training.config import resolve_config
+    from fgcli.training.train import train
 
     train(resolve_config({"method": method, "data": str(data), "out": str(out), "recipe": "small", "epochs": epochs,
                           "img_size": IMG_SIZE, "resize_size": RESIZE, "workers": 0, "device": "cpu", "seed": 0,
@@ -116,8 +116,8 @@ QAT_VARIANTS = ("torch-fp32", "onnx-fp32", *INT8_VARIANTS, "onnx-int8-qat")
 
 @pytest.mark.parametrize("method, backbone", QAT_CASES)
 def test_qat_exports_and_reports_beside_post_training_int8(method, backbone, synthetic, baseline_checkpoint):
-    from fgcli.engine.config import resolve_config
-    from fgcli.engine.train import train
+    from fgcli.training.config import resolve_config
+    from fgcli.training.train import train
     from fgcli.report import build_report
 
     run = synthetic.parent / (method if backbone is None else f"{method}-{backbone}")

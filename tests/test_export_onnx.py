@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from fgcli.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fgcli.errors import FgcliError, MissingDependencyError
 from fgcli.export import onnx as export_module
 from fgcli.export.onnx import FP16_RTOL, Parity, export_fp16, export_onnx, require_parity

@@ -128,6 +128,6 @@ def test_qat_step_times_a_qat_epoch_against_a_plain_one_at_the_rehearsal_size(tm
     generate_synthetic(tmp_path / "data", num_classes=plan.classes, per_class=gpu_check.per_class_for(plan), seed=0)
     figures = gpu_check.step_qat(plan, tmp_path / "data", tmp_path)
     assert figures["plain_epoch_s"] > 0 and figures["qat_epoch_s"] > 0 and figures["qat_over_plain"] > 0
-    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.training.checkpoint import load_checkpoint
 
     assert "qat" in load_checkpoint(tmp_path / "gcam-csa-qat-epoch" / "best.pt")

@@ -268,7 +268,7 @@ def hostile_image_folder(tmp_path) -> tuple[Path, dict[str, str]]:
 def test_hostile_images_are_reported_per_image_and_the_others_predicted(hostile_image_folder, tmp_path):
     from fake_tensorrt import write_classifier_onnx
 
-    from fgcli.engine.predict import find_images, predict_paths, write_predictions_csv
+    from fgcli.training.predict import find_images, predict_paths, write_predictions_csv
     from fgcli.runtime import open_runner
 
     folder, reasons = hostile_image_folder
@@ -287,8 +287,8 @@ def test_hostile_images_are_reported_per_image_and_the_others_predicted(hostile_
 def test_a_memory_error_in_one_image_does_not_end_the_run(monkeypatch, tmp_path):
     from fake_tensorrt import write_classifier_onnx
 
-    import fgcli.engine.batches as batches
-    from fgcli.engine.predict import predict_paths
+    import fgcli.training.batches as batches
+    from fgcli.training.predict import predict_paths
     from fgcli.runtime import open_runner
 
     paths = []
@@ -337,7 +337,7 @@ def test_predict_on_an_empty_folder_is_an_error(tmp_path):
 def test_topk_above_the_class_count_is_refused_by_the_library_and_defaults_to_at_most_the_classes(tmp_path):
     from fake_tensorrt import write_classifier_onnx
 
-    from fgcli.engine.predict import predict_paths
+    from fgcli.training.predict import predict_paths
     from fgcli.runtime import open_runner
 
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
@@ -446,7 +446,7 @@ def test_resume_from_a_run_of_another_method_names_both(tiny_checkpoint, tiny_da
 
     from conftest import tiny_train_config
 
-    from fgcli.engine.train import train
+    from fgcli.training.train import train
 
     run = tmp_path / "run"
     run.mkdir()
@@ -619,7 +619,7 @@ def full_disk(tmp_path) -> Path:
 def test_a_full_disk_is_a_clear_error_keeping_the_old_files(full_disk):
     import torch
 
-    from fgcli.engine.checkpoint import save_checkpoint
+    from fgcli.training.checkpoint import save_checkpoint
     from fgcli.utils import write_text_atomic
 
     (full_disk / "last.pt").write_text("old checkpoint")
@@ -652,7 +652,7 @@ def test_kill_9_during_training_and_checkpoint_writes_never_leaves_a_partial_che
     the next run resumes, removes the dead writer's temporaries, and the last one runs to the end."""
     import shutil
 
-    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.training.checkpoint import load_checkpoint
 
     exe = Path(sys.executable).with_name("fgcli")
     if not exe.is_file():
@@ -699,7 +699,7 @@ def test_kill_9_during_training_and_checkpoint_writes_never_leaves_a_partial_che
 def test_an_image_size_below_the_backbone_stride_is_refused(tiny_dataset, tmp_path):
     from conftest import tiny_train_config
 
-    from fgcli.engine.train import train
+    from fgcli.training.train import train
 
     for size in (16, 0, -32):
         with pytest.raises(FgcliError, match=f"--img-size {size} is smaller than the 32 px"):
@@ -707,7 +707,7 @@ def test_an_image_size_below_the_backbone_stride_is_refused(tiny_dataset, tmp_pa
 
 
 def test_exporting_below_the_backbone_stride_is_refused(tiny_checkpoint):
-    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.training.checkpoint import load_checkpoint
     from fgcli.export.onnx import export_preprocess
 
     with pytest.raises(FgcliError, match="--img-size 16 is smaller than the 32 px"):

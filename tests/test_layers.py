@@ -21,7 +21,7 @@ LAYERS = (
     ("fgcli.export",),
     ("fgcli.calibration",),
     ("fgcli.runtime",),
-    ("fgcli.engine",),
+    ("fgcli.training",),
     ("fgcli.models", "fgcli.data"),
     ("fgcli.formats", "fgcli.devices", "fgcli.torch_files", "fgcli.utils", "fgcli.console", "fgcli.errors", "fgcli"),
 )

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fgcli.calibration import softmax_weighted_nodes
-from fgcli.engine.checkpoint import model_from_checkpoint
+from fgcli.training.checkpoint import model_from_checkpoint
 from fgcli.errors import FgcliError
 from fgcli.models import create_model
 from fgcli.models.clan import CrossLayerContextAttention, CrossLayerSpatialAttention, mean_softmax_logits

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import tiny_train_config
-from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from fgcli.engine.config import resolve_config
-from fgcli.engine.train import train
+from fgcli.training.checkpoint import load_checkpoint, model_from_checkpoint
+from fgcli.training.config import resolve_config
+from fgcli.training.train import train
 from fgcli.errors import FgcliError
 
 pytest.importorskip("modelopt.torch.quantization")
@@ -80,7 +80,7 @@ def test_qat_resume_ends_where_an_uninterrupted_run_ends(tiny_checkpoint, tiny_d
 def test_qat_export_writes_qdq_onnx_with_int8_weights_that_runs(qat_run, tiny_dataset, tmp_path):
     import onnx
 
-    from fgcli.engine.evaluate import evaluate_runner
+    from fgcli.training.evaluate import evaluate_runner
     from fgcli.data import load_split
     from fgcli.export.pipeline import ExportOptions, export_all
     from fgcli.runtime import open_runner
@@ -152,7 +152,7 @@ def test_qat_bad_inputs_get_clear_errors(tiny_checkpoint, qat_run, tiny_dataset,
 
 
 def test_tasn_keeps_its_attention_net_unquantized():
-    from fgcli.engine.qat import insert_quantizers
+    from fgcli.training.qat import insert_quantizers
     from fgcli.models import create_model
 
     model = create_model("tasn", 3, backbone="resnet18", attention_backbone="resnet18").eval()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fgcli.data.preprocess import PreprocessConfig
-from fgcli.engine.evaluate import EvalResult
+from fgcli.training.evaluate import EvalResult
 from fgcli.errors import FgcliError
 from fgcli.report import SCHEMA, VARIANT_NAMES, ReportHooks, build_report, write_report
 from fgcli.report.core import agreement, worst_classes
@@ -215,7 +215,7 @@ def test_export_folder_report_runs_without_torch(full_report, tiny_dataset, tmp_
 def test_export_of_another_checkpoint_is_replaced_and_a_current_one_reused(tiny_checkpoint, tiny_dataset, tmp_path):
     import torch
 
-    from fgcli.engine.checkpoint import save_checkpoint
+    from fgcli.training.checkpoint import save_checkpoint
 
     steps = []
     options = {**FAST, "formats": "onnx-fp32", "hooks": ReportHooks(step=steps.append)}

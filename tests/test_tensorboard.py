@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import tiny_train_config
-from fgcli.engine.train import train
+from fgcli.training.train import train
 
 pytest.importorskip("tensorboard")
 

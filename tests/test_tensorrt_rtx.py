@@ -76,7 +76,7 @@ def test_every_method_exports_fp32_fp16_and_qdq_onnx_that_rtx_parses_and_builds(
     from fgcli.calibration.dataset import CalibrationSet
     from fgcli.calibration.modelopt_ptq import quantize_modelopt
     from fgcli.data.preprocess import PreprocessConfig
-    from fgcli.engine.checkpoint import save_checkpoint
+    from fgcli.training.checkpoint import save_checkpoint
     from fgcli.export.onnx import export_fp16, export_onnx
     from fgcli.models import create_model, list_models
 

@@ -156,8 +156,8 @@ def test_one_epoch_of_training_then_the_contract_on_the_rebuilt_checkpoint(
     import json
 
     from conftest import tiny_train_config
-    from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fgcli.engine.train import train
+    from fgcli.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from fgcli.training.train import train
 
     kwargs = {"attention_backbone": backbone} if method == "tasn" else {}
     cfg = tiny_train_config(dataset_64px, tmp_path, method=method, backbone=backbone, img_size=64, resize_size=72,
@@ -193,7 +193,7 @@ def test_int8_quantizers_handle_depthwise_hardswish_and_se_blocks(dataset_64px, 
     import onnx
 
     from fgcli.data.preprocess import PreprocessConfig
-    from fgcli.engine.checkpoint import save_checkpoint
+    from fgcli.training.checkpoint import save_checkpoint
     from fgcli.export.onnx import synthetic_check_images
     from fgcli.runtime.onnx_runner import onnxruntime_logits
     from fgcli.export.pipeline import ExportOptions, export_all

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from fgcli.engine.train import train
+from fgcli.training.checkpoint import load_checkpoint, model_from_checkpoint
+from fgcli.training.train import train
 from fgcli.errors import DataError
 from conftest import tiny_train_config, write_tiny_folder_dataset
 
@@ -56,7 +56,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_dataset, tmp_path):
 
 def _train_epochs(cfg, stop_after: int):
     """Run ``cfg`` but raise SystemExit (like a kill) once ``stop_after`` epochs are saved."""
-    from fgcli.engine.train import Trainer
+    from fgcli.training.train import Trainer
 
     trainer = Trainer(cfg)
     original = trainer._append_metrics
@@ -67,14 +67,14 @@ def _train_epochs(cfg, stop_after: int):
             trainer._die_after_save = True
 
     trainer._append_metrics = append_then_maybe_die
-    original_barrier = __import__("fgcli.engine.distributed", fromlist=["barrier"]).barrier
+    original_barrier = __import__("fgcli.training.distributed", fromlist=["barrier"]).barrier
 
     def barrier_or_die(info):
         if getattr(trainer, "_die_after_save", False):
             raise SystemExit("killed")
         original_barrier(info)
 
-    import fgcli.engine.train as train_module
+    import fgcli.training.train as train_module
 
     train_module.dist_utils.barrier = barrier_or_die
     try:
@@ -165,7 +165,7 @@ def test_weights_file_loads_into_the_backbone_and_offline_pretrained_says_how(tm
 
 def test_weights_from_an_fgcli_checkpoint_initialise_another_methods_backbone(tiny_checkpoint):
     """Fine-tune a method from a baseline run: ``--weights RUN/best.pt`` takes that run's backbone."""
-    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.training.checkpoint import load_checkpoint
     from fgcli.errors import FgcliError
     from fgcli.models import create_model
 

@@ -19,15 +19,15 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-import fgcli.engine.train as train_module  # noqa: E402
+import fgcli.training.train as train_module  # noqa: E402
 from fgcli.cli import app  # noqa: E402
 from fgcli.data.index import DatasetSplit, Sample  # noqa: E402
 from fgcli.data.preprocess import PreprocessConfig  # noqa: E402
 from fgcli.data.torch_dataset import ImageDataset, SeededSampler, collate_with_bad  # noqa: E402
 from fgcli.data.transforms import Normalizer, eval_pixels, eval_transform, train_pixels, train_transform  # noqa: E402
-from fgcli.engine.checkpoint import load_checkpoint  # noqa: E402
-from fgcli.engine.config import TrainConfig  # noqa: E402
-from fgcli.engine.train import Trainer, recorded_precision, resolve_precision, train  # noqa: E402
+from fgcli.training.checkpoint import load_checkpoint  # noqa: E402
+from fgcli.training.config import TrainConfig  # noqa: E402
+from fgcli.training.train import Trainer, recorded_precision, resolve_precision, train  # noqa: E402
 from fgcli.errors import FgcliError  # noqa: E402
 from conftest import tiny_train_config  # noqa: E402
 

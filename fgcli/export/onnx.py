@@ -23,8 +23,8 @@ import fgcli
 from fgcli.calibration import WEIGHTED_OP_TYPES, quantized_nodes
 from fgcli.data.images import BadImageError, load_rgb
 from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
-from fgcli.engine.config import check_img_size
-from fgcli.engine.qat import is_qat_checkpoint
+from fgcli.training.config import check_img_size
+from fgcli.training.qat import is_qat_checkpoint
 from fgcli.errors import FgcliError, MissingDependencyError
 from fgcli.export.options import MIN_OPSET
 from fgcli.formats import ONNX_FP16, ONNX_FP32, ONNX_INT8_QAT, file_of
@@ -262,7 +262,7 @@ def convert_to_fp16(proto, keep_io_fp32: bool, fp32_nodes: Sequence[str] = ()):
 # --------------------------------------------------------------------------- steps
 def load_eval_model(checkpoint: str | os.PathLike | dict[str, Any]):
     """(checkpoint dict, eval-mode model on CPU) from a path or an already-loaded checkpoint."""
-    from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint  # imports torch
+    from fgcli.training.checkpoint import load_checkpoint, model_from_checkpoint  # imports torch
 
     if isinstance(checkpoint, dict):
         return checkpoint, model_from_checkpoint(checkpoint).cpu().eval()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fgcli.data import dataset_splits, detect_layout, load_split
-from fgcli.engine.qat import is_qat_checkpoint
+from fgcli.training.qat import is_qat_checkpoint
 from fgcli.errors import FgcliError, MissingDependencyError
 from fgcli.export.deepstream import preprocess_to_nvinfer, write_deepstream_config
 from fgcli.export.int8 import quantize
@@ -33,7 +33,7 @@ EXPORT_RECORD = "export.json"
 def export_all(checkpoint: str | Path, opts: ExportOptions, step: Callable[[str], None] | None = None) -> ExportSummary:
     """Write the requested artifacts into ``opts.out_dir`` and ``export.json`` describing them (also when a later
     step, such as the TensorRT build on a machine without TensorRT, fails: what was made is recorded)."""
-    from fgcli.engine.checkpoint import load_checkpoint  # imports torch: the ONNX-only install never exports
+    from fgcli.training.checkpoint import load_checkpoint  # imports torch: the ONNX-only install never exports
 
     step = step or (lambda message: None)
     opts.validate()

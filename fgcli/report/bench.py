@@ -132,7 +132,7 @@ def open_bench_runners(source: Path, formats: str | None, device: str) -> tuple[
                              hint=f"fgcli bench {source} runs that one model; drop --formats")
         runtime_device = onnxruntime_device(device) if suffix == ".onnx" else device  # as in the report
         return {source.name: open_runner(source, device=runtime_device, spin_wait=False)}, []
-    from fgcli.engine.checkpoint import load_checkpoint  # imports torch
+    from fgcli.training.checkpoint import load_checkpoint  # imports torch
 
     names = parse_formats(formats or "torch", require_reference=False)
     others = [name for name in names if BY_NAME[name].runtime != TORCH]

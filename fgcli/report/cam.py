@@ -17,8 +17,8 @@ import numpy as np
 from fgcli.data.images import load_rgb
 from fgcli.data.preprocess import PreprocessConfig, preprocess_eval
 from fgcli.devices import resolve_torch_device
-from fgcli.engine.metrics import softmax
-from fgcli.engine.predict import find_images
+from fgcli.training.metrics import softmax
+from fgcli.training.predict import find_images
 from fgcli.errors import DataError, FgcliError
 from fgcli.report.overlay import Panel, Row, save_rows
 from fgcli.runtime.torch_runner import TorchRunner
@@ -248,7 +248,7 @@ def write_cam_figures(checkpoint: str | Path, image_paths: list[str], out_dir: s
     """
     import torch
 
-    from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fgcli.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(require_checkpoint_path(checkpoint))
     torch_device = resolve_torch_device(torch, device)

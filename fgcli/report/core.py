@@ -18,9 +18,9 @@ import numpy as np
 
 import fgcli
 from fgcli.data import load_split
-from fgcli.engine.batches import iter_image_batches
-from fgcli.engine.evaluate import evaluate_runner
-from fgcli.engine.qat import is_qat_checkpoint
+from fgcli.training.batches import iter_image_batches
+from fgcli.training.evaluate import evaluate_runner
+from fgcli.training.qat import is_qat_checkpoint
 from fgcli.errors import FgcliError
 from fgcli.formats import ONNX_FILES, ONNXRUNTIME, TENSORRT, TORCH
 from fgcli.report.artifacts import attach_onnx_artifact, export_for_report, prepare_engines, read_export_record
@@ -223,7 +223,7 @@ def _qat_sources(source: Path, checkpoint: dict | None, qat: Path | None
             raise FgcliError("--qat needs the FP32 run's .pt checkpoint as the report's source (it exports both)",
                              hint=f"fgcli report FP32_RUN/best.pt --qat {qat} --data DATASET")
         return source, None, None, None
-    from fgcli.engine.checkpoint import load_checkpoint  # imports torch
+    from fgcli.training.checkpoint import load_checkpoint  # imports torch
 
     if qat is not None:
         qat_ckpt = load_checkpoint(qat)
@@ -251,7 +251,7 @@ def _read_source(source: Path, out_dir: Path) -> tuple[dict | None, Path]:
     """(the loaded checkpoint, OUT/export) for a .pt file; (None, the folder) for an export folder."""
     if source.is_file() and source.suffix == ".pt":
         optional_import("torch", "torch", "A report on a PyTorch checkpoint (it exports the ONNX models)")
-        from fgcli.engine.checkpoint import load_checkpoint  # imports torch
+        from fgcli.training.checkpoint import load_checkpoint  # imports torch
 
         return load_checkpoint(source), out_dir / "export"
     if source.is_dir():

@@ -40,7 +40,7 @@ class TorchRunner(Runner):
     def __init__(self, checkpoint: str | Path | dict[str, Any], device: str = "auto", precision: str = "fp32",
                  mode: str = "eager"):
         torch = optional_import("torch", "torch", "Running a PyTorch checkpoint")
-        from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint  # imports torch
+        from fgcli.training.checkpoint import load_checkpoint, model_from_checkpoint  # imports torch
 
         if precision not in TORCH_DTYPES:
             raise FgcliError(f"unknown PyTorch precision '{precision}'", hint=f"use one of: {', '.join(TORCH_DTYPES)}")

@@ -12,8 +12,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from fgcli.data.images import find_image_files
-from fgcli.engine.batches import iter_image_batches
-from fgcli.engine.metrics import softmax
+from fgcli.training.batches import iter_image_batches
+from fgcli.training.metrics import softmax
 from fgcli.errors import FgcliError
 from fgcli.utils import write_text_atomic
 

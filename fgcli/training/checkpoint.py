@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 import fgcli
-from fgcli.engine.qat import is_qat_checkpoint, restore_quantizers
+from fgcli.training.qat import is_qat_checkpoint, restore_quantizers
 from fgcli.errors import FgcliError
 from fgcli.models import create_model
 from fgcli.torch_files import torch_load_safely

@@ -33,12 +33,12 @@ from fgcli.data.preprocess import PreprocessConfig
 from fgcli.data.torch_dataset import ImageDataset, SeededSampler, collate_with_bad
 from fgcli.data.transforms import Normalizer, eval_pixels, eval_transform, train_pixels
 from fgcli.devices import resolve_torch_device
-from fgcli.engine import distributed as dist_utils
-from fgcli.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from fgcli.engine.config import TrainConfig
-from fgcli.engine.metrics import ClassificationMetrics
-from fgcli.engine.run_folder import RUN_FILES, check_run_folder, run_lock
-from fgcli.engine.tensorboard import PREVIEW_IMAGES, TensorBoardLogger
+from fgcli.training import distributed as dist_utils
+from fgcli.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from fgcli.training.config import TrainConfig
+from fgcli.training.metrics import ClassificationMetrics
+from fgcli.training.run_folder import RUN_FILES, check_run_folder, run_lock
+from fgcli.training.tensorboard import PREVIEW_IMAGES, TensorBoardLogger
 from fgcli.errors import TERMINATED_EXIT_CODE, DataError, FgcliError, Interrupted, Terminated
 from fgcli.models import create_model
 from fgcli.utils import atomic_path, write_json_atomic
@@ -186,7 +186,7 @@ class Trainer:
         if not cfg.qat:
             return create_model(cfg.method, len(self.class_names), backbone=cfg.backbone, pretrained=cfg.pretrained,
                                 weights=cfg.weights, **cfg.model_kwargs).to(self.device)
-        from fgcli.engine import qat
+        from fgcli.training import qat
 
         if resume_ckpt is not None:  # its weights are loaded with the rest of its state
             self.qat_calibration_images = int(resume_ckpt["qat"].get("calibration_images", 0))
@@ -277,7 +277,7 @@ class Trainer:
         }
 
     def _qat_record(self) -> dict[str, Any]:
-        from fgcli.engine.qat import qat_record
+        from fgcli.training.qat import qat_record
 
         return qat_record(self.model, str(self.cfg.weights), self.qat_calibration_images)
 
@@ -289,7 +289,7 @@ class Trainer:
                              f"(it holds {', '.join(held) or 'no run files'})",
                              hint="drop --resume: a new run starts there, and nothing in that folder is lost")
         ckpt = load_checkpoint(path)
-        from fgcli.engine.qat import is_qat_checkpoint
+        from fgcli.training.qat import is_qat_checkpoint
 
         if is_qat_checkpoint(ckpt) != self.cfg.qat:
             kind, started = ("a QAT run", "without") if not self.cfg.qat else ("not a QAT run", "with")
@@ -332,7 +332,7 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         if self.cfg.qat:
-            from fgcli.engine.qat import freeze_batchnorm_statistics
+            from fgcli.training.qat import freeze_batchnorm_statistics
 
             freeze_batchnorm_statistics(self.model)
         self._set_epoch(epoch)
@@ -518,7 +518,7 @@ def train(cfg: TrainConfig, hook: ProgressHook | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.data``; writes RUN/last.pt, RUN/best.pt and RUN/metrics.jsonl.
 
     A RUN holding a run is refused unless ``cfg.resume`` or ``cfg.overwrite``; RUN/.fgcli.lock keeps a
-    second run out while this one trains (see fgcli.engine.run_folder).
+    second run out while this one trains (see fgcli.training.run_folder).
     """
     try:
         with _sigterm_interrupts():

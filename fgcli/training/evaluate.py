@@ -9,8 +9,8 @@ from typing import Any, Callable
 import numpy as np
 
 from fgcli.data.index import DatasetSplit
-from fgcli.engine.batches import iter_image_batches
-from fgcli.engine.metrics import ClassificationMetrics
+from fgcli.training.batches import iter_image_batches
+from fgcli.training.metrics import ClassificationMetrics
 from fgcli.errors import DataError, FgcliError
 
 

@@ -2,7 +2,7 @@
 
 Precedence (lowest to highest): ``TrainConfig`` defaults, the recipe (``--recipe paper|small``,
 from ``fgcli/recipes/<method>.json``), for ``--qat`` the settings of the run it fine-tunes
-(``fgcli.engine.qat.qat_defaults``), for ``--resume`` the settings in the run's config.json, then every option
+(``fgcli.training.qat.qat_defaults``), for ``--resume`` the settings in the run's config.json, then every option
 given explicitly on the command line (a resume that changes one says so in a note).
 """
 
@@ -29,7 +29,7 @@ def check_img_size(img_size: int) -> None:
                          "reduce an image by (their output stride)", hint="use e.g. 224, 448 or, for a quick test, 64")
 
 
-#: ``--amp`` values; ``auto`` is resolved on the device by ``fgcli.engine.train.resolve_precision``
+#: ``--amp`` values; ``auto`` is resolved on the device by ``fgcli.training.train.resolve_precision``
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -89,7 +89,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     tensorboard: bool = False  # TensorBoard event files in the run folder
     tensorboard_every: int = 5  # epochs between attention-map images
-    qat: bool = False  # quantization-aware fine-tuning of the fgcli checkpoint in ``weights`` (fgcli.engine.qat)
+    qat: bool = False  # quantization-aware fine-tuning of the fgcli checkpoint in ``weights`` (fgcli.training.qat)
     qat_calib_size: int = 256  # train images the INT8 quantizers are calibrated on before QAT starts
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,8 +149,8 @@ def resolve_config(overrides: dict[str, Any], note: Callable[[str], None] = lamb
     if given.get("recipe"):
         values.update(load_recipe(given.get("method", "baseline"), given["recipe"]))
     if given.get("qat") and given.get("weights"):  # QAT: the trained run's settings, then a short low-rate schedule
-        from fgcli.engine.checkpoint import load_checkpoint  # imports torch
-        from fgcli.engine.qat import qat_defaults
+        from fgcli.training.checkpoint import load_checkpoint  # imports torch
+        from fgcli.training.qat import qat_defaults
 
         values.update(qat_defaults(load_checkpoint(given["weights"]), given["weights"]))
     if given.get("resume"):
