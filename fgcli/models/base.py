@@ -17,9 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LossTerms = "OrderedDict[str, torch.Tensor]"
-
-
 class FGVCModel(nn.Module, ABC):
     """Base class: a backbone (pretrained part) plus method-specific new layers.
 
