@@ -79,6 +79,16 @@ def test_training_step_under_autocast_has_finite_losses_and_gradients(method, dt
     assert bad == []
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_model_converted_to_bfloat16_runs_its_eval_forward(method):
+    """fgcli report's torch-bf16 / -fp16 variants convert the whole model (no autocast): SSANet and CLAN's fp32
+    attention weights met bf16 values in one bmm ('expected scalar type Float but found BFloat16')."""
+    model = _model(method).eval().to(torch.bfloat16)
+    with torch.no_grad():
+        logits = model(_images(2).to(torch.bfloat16))
+    assert logits.dtype == torch.bfloat16 and logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
+
+
 def _calibrated_eval_model(method: str, images: torch.Tensor) -> nn.Module:
     """The scaled model in eval mode, its BatchNorm running statistics those of ``images`` (as after training),
     so eval activations are as large as training ones."""

@@ -48,11 +48,13 @@ def scaled_softmax(energy: torch.Tensor, scales: Sequence[torch.Tensor | float],
 
 
 def query_key_softmax(query: torch.Tensor, key: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """``softmax_over_keys(scale * Q^T K)`` for ``Q (B, d, N)`` and ``K (B, d, M)`` -> ``(B, N, M)``, float32 under
-    autocast. The bmm runs in the autocast dtype on Q and K divided by their peaks (entries <= d in size)."""
+    """``softmax_over_keys(scale * Q^T K)`` for ``Q (B, d, N)`` and ``K (B, d, M)`` -> ``(B, N, M)`` in ``Q``'s dtype.
+    The bmm runs in the autocast dtype on Q and K divided by their peaks (entries <= d in size), the softmax in
+    float32; its weights (in [0, 1]) go back to Q's dtype, so a model converted to FP16 / BF16 (``fgcli report``'s
+    torch-fp16 / -bf16) multiplies them with its values without a dtype clash."""
     query_peak, key_peak = sample_peak(query), sample_peak(key)
     energy = torch.bmm((query / query_peak).transpose(1, 2), key / key_peak)
-    return scaled_softmax(energy, (query_peak * scale, key_peak))
+    return scaled_softmax(energy, (query_peak * scale, key_peak)).to(query.dtype)
 
 
 def squared_channel_mean(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
