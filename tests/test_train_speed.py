@@ -151,6 +151,19 @@ def test_amp_is_recorded_and_kept_on_resume_unless_given(tiny_dataset, tmp_path)
                      "(not bit-identical to an uninterrupted run)"]
 
 
+def test_a_run_started_before_amp_took_a_precision_resumes(tiny_dataset, tmp_path):
+    """Such a run's config.json says amp: true; --resume refused it as a value of the wrong type."""
+    out = tmp_path / "run"
+    options = ["train", "--data", str(tiny_dataset), "--out", str(out), "--backbone", "resnet18", "--img-size", "32",
+               "--resize-size", "36", "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+    assert CliRunner().invoke(app, [*options, "--epochs", "1"]).exit_code == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "amp": True}))
+    result = CliRunner().invoke(app, [*options, "--epochs", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(out / "last.pt")["train_config"]["amp"] == "off"  # the checkpoint's precision, on CPU
+
+
 def test_auto_precision_on_cpu_is_recorded_as_off(tiny_checkpoint):
     assert json.loads((tiny_checkpoint.parent / "config.json").read_text())["amp"] == "off"
     assert load_checkpoint(tiny_checkpoint)["train_config"]["amp"] == "off"

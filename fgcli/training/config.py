@@ -165,7 +165,7 @@ def resolve_config(overrides: dict[str, Any], note: Callable[[str], None] = lamb
 _NOT_RESUMED = ("out", "resume", "overwrite")
 #: settings a resume may change without a note (how this process runs; the QAT calibration happened already)
 _CHANGED_QUIETLY = ("workers", "device", "skip_bad", "tensorboard", "tensorboard_every", "qat_calib_size")
-_OPTION_OF = {"layout": "--dataset", "model_kwargs": "--attention-backbone", "amp": "--amp/--no-amp",
+_OPTION_OF = {"layout": "--dataset", "model_kwargs": "--attention-backbone",
               "pretrained": "--pretrained/--no-pretrained"}
 
 
@@ -182,6 +182,8 @@ def _resumed_settings(out: Path, given: dict[str, Any], note: Callable[[str], No
     recorded = read_json_object(path, hint=hint)
     defaults = TrainConfig().to_dict()
     settings = {k: v for k, v in recorded.items() if k in defaults and k not in _NOT_RESUMED}
+    if isinstance(settings.get("amp"), bool):  # a run from before --amp took a precision: its checkpoint says which
+        del settings["amp"]
     for key, value in settings.items():
         if not _same_kind(value, defaults[key]):
             raise FgcliError(f"--resume: {path} says {key} is {value!r}, where fgcli writes a "
