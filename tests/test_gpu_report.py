@@ -228,6 +228,19 @@ def test_the_matrix_rate_is_measured_on_the_device():
     assert 0 < measure_matmul_tflops("cpu", size=64, calls=2) < 1000
 
 
+def test_a_device_without_bf16_matrix_products_is_a_message_naming_the_way_out(monkeypatch):
+    """A GPU without BF16 GEMMs (or out of memory) raised PyTorch's RuntimeError after the whole report."""
+    import torch
+
+    def no_bf16_gemm(*args):
+        raise RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")
+
+    monkeypatch.setattr(torch, "matmul", no_bf16_gemm)
+    with pytest.raises(FgcliError, match="CUBLAS_STATUS_NOT_SUPPORTED") as raised:
+        measure_matmul_tflops("cpu", size=8, calls=1)
+    assert "--peak-tflops" in raised.value.hint
+
+
 # --------------------------------------------------------------------------- bench
 def test_sweep_doubles_up_to_max_batch_and_the_knee_is_the_first_batch_near_the_best():
     assert sweep_batches(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]

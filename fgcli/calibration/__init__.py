@@ -122,7 +122,7 @@ def calibration_input(model, onnx_path: Path, calib: CalibrationSet | str | Path
     return inputs[0].name, calib
 
 
-def save_withmetadata_value(model, source_model, out_path: str | Path) -> Path:
+def save_with_metadata(model, source_model, out_path: str | Path) -> Path:
     """Save ``model`` atomically with ``source_model``'s metadata_props, marking ``fgcli.precision`` int8.
 
     Quantizers rebuild the graph and drop metadata; without it the runtime cannot find the preprocessing
@@ -152,5 +152,5 @@ def finish_quantization(quantized, source, onnx_path: Path, out_path: Path, quan
         raise FgcliError(f"{quantizer} quantized {len(outside)} layers of {onnx_path} that the model keeps in high "
                          f"precision (e.g. {outside[0]}; allowed: {allowed})",
                          hint="report this with the method and the quantizer's version")
-    save_withmetadata_value(quantized, source, out_path)
+    save_with_metadata(quantized, source, out_path)
     return QuantResult(out_path, quantizer, calib_method, counts, names, calibration_images, seconds, extra=extra)

@@ -22,20 +22,24 @@ def measure_matmul_tflops(device: str = "cuda", size: int = MATMUL_SIZE, calls: 
     """TFLOP/s of ``calls`` back-to-back BF16 ``size`` x ``size`` products on ``device`` (after one warm-up)."""
     torch = optional_import("torch", "torch", "Measuring the device's BF16 matrix rate")
     target = resolve_torch_device(torch, device)
-    a = torch.randn(size, size, device=target, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=target, dtype=torch.bfloat16)
-
-    def synchronize() -> None:
-        if target.type == "cuda":
-            torch.cuda.synchronize(target)
-
-    torch.matmul(a, b)
-    synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
+    try:
+        a = torch.randn(size, size, device=target, dtype=torch.bfloat16)
+        b = torch.randn(size, size, device=target, dtype=torch.bfloat16)
         torch.matmul(a, b)
-    synchronize()
+        _synchronize(torch, target)
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.matmul(a, b)
+        _synchronize(torch, target)
+    except RuntimeError as exc:  # no BF16 GEMM (pre-Ampere GPUs, some Jetsons), out of memory
+        raise FgcliError(f"PyTorch's BF16 {size}x{size} matrix product failed on {target}: {str(exc)[:300]}",
+                         hint="pass --peak-tflops from the GPU's datasheet") from exc
     return 2 * size ** 3 * calls / (time.perf_counter() - start) / 1e12
+
+
+def _synchronize(torch, target) -> None:
+    if target.type == "cuda":
+        torch.cuda.synchronize(target)
 
 
 def limit_fraction(images_per_s: float, flops_per_image: float, peak_tflops: float) -> float:

@@ -403,7 +403,7 @@ class Trainer:
                 continue
             images = self.normalize(images)
             if self.preview_images is None:
-                self.preview_images = images[:PREVIEW_IMAGES]
+                self.preview_images = images[:PREVIEW_IMAGES].clone()  # not a view holding the whole batch
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 logits = self.model(images)
             metrics.update(logits.float().cpu().numpy(), labels.numpy())
